@@ -1,0 +1,60 @@
+# advdpnp: every command a reader needs. Each target creates .venv and installs first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PAPERMILL := $(BIN)/papermill --log-level WARNING
+CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
+DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
+CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
+
+.PHONY: install test demo lab readme cifar-cpu check-sync clean
+
+# Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Regenerate README.md from nbs/index.ipynb.
+readme: $(STAMP)
+	$(BIN)/jupyter nbconvert --to markdown --log-level WARN --stdout nbs/index.ipynb > README.md
+
+# nbdev-clean, nbdev-export and the README build must leave a committed tree unchanged.
+check-sync: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash .ci/check_sync.sh
+
+test: $(STAMP) check-sync
+	$(BIN)/nbdev-test --n-workers 2
+	@set +e; $(BIN)/python -m pytest --junitxml=$(VENV)/pytest.xml; status=$$?; \
+	  $(BIN)/python .ci/summary.py $(VENV)/pytest.xml; exit $$status
+
+# Adv-DPNP and a standard model on the bundled digits set (CPU, no network).
+demo: $(STAMP)
+	mkdir -p runs
+	$(PAPERMILL) nbs/train.ipynb runs/demo-adv_dpnp.ipynb -p dataset digits -p preset smoke -p method adv_dpnp -p name demo-adv_dpnp -p overwrite True
+	$(PAPERMILL) nbs/train.ipynb runs/demo-ce.ipynb -p dataset digits -p preset smoke -p method ce -p name demo-ce -p overwrite True
+	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(DEMO_RUNS)'.split()).to_string(index=False))"
+
+data/cifar10-jpeg:
+	mkdir -p data
+	tar xzf $(CIFAR_TAR) -C data
+
+# ce, dpnp and adv_dpnp with PreAct ResNet-18 (width 16) on a CIFAR-10 subset from the offline JPEG copy (CPU).
+cifar-cpu: $(STAMP) data/cifar10-jpeg
+	mkdir -p runs
+	for method in ce dpnp adv_dpnp; do \
+	  $(PAPERMILL) nbs/train.ipynb runs/cifar-cpu-$$method.ipynb -p dataset imagefolder -p data_dir data/cifar10-jpeg \
+	    -p preset smoke -p method $$method -p name cifar-cpu-$$method -p overwrite True || exit 1; \
+	done
+	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+clean:
+	rm -rf runs _proc _docs .pytest_cache

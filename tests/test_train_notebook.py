@@ -1,0 +1,54 @@
+"nbs/train.ipynb through papermill at smoke scale (the way users and `make demo` run it)."
+import json
+
+import nbformat
+import papermill
+import pytest
+
+from conftest import write_tiny_imagefolder
+
+
+def run_train_notebook(root, tmp_path, **parameters):
+    out = tmp_path / 'executed.ipynb'
+    papermill.execute_notebook(str(root / 'nbs' / 'train.ipynb'), str(out), parameters=parameters,
+                               cwd=str(root), progress_bar=False, kernel_name='python3')
+    return out
+
+
+def test_digits_smoke_run_writes_the_run_folder(root, tmp_path):
+    out = run_train_notebook(root, tmp_path, dataset='digits', preset='smoke', epochs=2, n_train=300, n_test=100,
+                             width=8, out_dir=str(tmp_path / 'runs'), name='nb')
+    run = tmp_path / 'runs' / 'nb'
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ['config.json', 'checkpoint.pt', 'history.csv', 'metrics.json', 'training_curves.png'])
+    metrics = json.loads((run / 'metrics.json').read_text())
+    assert metrics['scale'] == 'smoke' and metrics['method'] == 'adv_dpnp' and metrics['n_test'] == 100
+    assert metrics['eps'] == 0.2 and metrics['attack']['steps'] == 20
+    assert 0.0 <= metrics['pgd20_acc'] <= 1.0 and metrics['clean_acc'] > 0.1   # better than chance after 2 epochs
+    config = json.loads((run / 'config.json').read_text())
+    assert (config['epochs'], config['width'], config['preset']) == (2, 8, 'smoke')
+    outputs = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == 'code' for o in c.outputs]
+    assert any('"clean_acc"' in o.get('text', '') for o in outputs)    # the metrics are shown ...
+    assert any('image/png' in o.get('data', {}) for o in outputs)      # ... and the training curves
+
+
+def test_imagefolder_run(root, tmp_path):
+    data = write_tiny_imagefolder(tmp_path / 'folder')
+    run_train_notebook(root, tmp_path, dataset='imagefolder', data_dir=str(data), preset='smoke', method='dpnp',
+                       arch='preact_resnet18', width=4, epochs=1, n_train=12, n_test=9, batch_size=4,
+                       out_dir=str(tmp_path / 'runs'), name='folder')
+    metrics = json.loads((tmp_path / 'runs' / 'folder' / 'metrics.json').read_text())
+    assert (metrics['dataset'], metrics['n_train'], metrics['n_test'], metrics['arch']) == ('imagefolder', 12, 9, 'preact_resnet18')
+
+
+@pytest.mark.parametrize('parameters, message', [
+    ({'eps': 8}, 'eps=8 must lie in [0, 1]'),
+    ({'method': 'madry'}, "method='madry' is not valid; choose one of ['ce', 'dpnp', 'adv_dpnp']"),
+    ({'epochs': 'ten'}, "epochs='ten' must be an integer"),
+    ({'n_train': 5000}, 'n_train=5000 is larger than digits has (1437)'),
+])
+def test_bad_parameters_fail_before_any_work(root, tmp_path, parameters, message):
+    with pytest.raises(papermill.PapermillExecutionError) as error:
+        run_train_notebook(root, tmp_path, dataset='digits', preset='smoke', out_dir=str(tmp_path / 'runs'), **parameters)
+    assert message in str(error.value) and 'ConfigError' in error.value.ename
+    assert not (tmp_path / 'runs').exists()   # nothing was written
