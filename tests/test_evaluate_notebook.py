@@ -40,3 +40,16 @@ def test_unknown_attack_fails_before_any_work(root, tmp_path, run_dir):
     with pytest.raises(papermill.PapermillExecutionError) as error:
         evaluate(root, tmp_path, run_dir=str(run_dir), attacks='pgd,spsa')
     assert "unknown attack(s) ['spsa']" in str(error.value)
+
+
+def test_corruptions_from_the_notebook(root, tmp_path):
+    from conftest import write_tiny_imagefolder
+    data = write_tiny_imagefolder(tmp_path / 'folder', per_class=4, size=32)
+    cfg = make_config('smoke', 'imagefolder', data_dir=str(data), arch='small_cnn', width=4, epochs=1, batch_size=4,
+                      n_train=12, n_test=6, out_dir=str(tmp_path / 'runs'))
+    run_dir = train(cfg, progress=False).run_dir
+    evaluate(root, tmp_path, run_dir=str(run_dir), attacks='pgd', soundness=False, corruptions='generated')
+    result = json.loads((run_dir / 'corruptions.json').read_text())
+    assert result['source'] == 'generated' and 'NOT comparable' in result['note'] and result['n'] == 6
+    assert len(result['table']) == 75 and (run_dir / 'corruption_severity.png').exists()
+    assert abs(result['mean_accuracy'] - sum(r['accuracy'] for r in result['table']) / 75) < 1e-9
