@@ -60,7 +60,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'advdpnp.evaluate': { 'advdpnp.evaluate._Capture': ('evaluate.html#_capture', 'advdpnp/evaluate.py'),
                                   'advdpnp.evaluate._Capture.__init__': ('evaluate.html#_capture.__init__', 'advdpnp/evaluate.py'),
                                   'advdpnp.evaluate._Capture.emit': ('evaluate.html#_capture.emit', 'advdpnp/evaluate.py'),
-                                  'advdpnp.evaluate._acc': ('evaluate.html#_acc', 'advdpnp/evaluate.py'),
                                   'advdpnp.evaluate._check': ('evaluate.html#_check', 'advdpnp/evaluate.py'),
                                   'advdpnp.evaluate.evaluate_robustness': ('evaluate.html#evaluate_robustness', 'advdpnp/evaluate.py'),
                                   'advdpnp.evaluate.evaluate_run': ('evaluate.html#evaluate_run', 'advdpnp/evaluate.py'),
