@@ -9,7 +9,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
 CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
 
-.PHONY: install test demo lab readme cifar-cpu check-sync clean
+.PHONY: install test demo lab readme cifar-data cifar-cpu paper-cpu check-sync clean
 
 # Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
 $(STAMP): pyproject.toml
@@ -44,6 +44,9 @@ data/cifar10-jpeg:
 	mkdir -p data
 	tar xzf $(CIFAR_TAR) -C data
 
+# Unpack the offline CIFAR-10 JPEG copy into data/cifar10-jpeg (development data, not for reporting CIFAR-10 results).
+cifar-data: data/cifar10-jpeg
+
 # ce, dpnp and adv_dpnp with PreAct ResNet-18 (width 16) on a CIFAR-10 subset from the offline JPEG copy (CPU).
 cifar-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
@@ -52,6 +55,11 @@ cifar-cpu: $(STAMP) data/cifar10-jpeg
 	    -p preset smoke -p method $$method -p name cifar-cpu-$$method -p overwrite True || exit 1; \
 	done
 	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
+
+# Every table and figure at CPU scale (about an hour here) into paper_figures/cpu/; a stopped run resumes.
+paper-cpu: $(STAMP) data/cifar10-jpeg
+	mkdir -p runs
+	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

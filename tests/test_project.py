@@ -13,7 +13,7 @@ from packaging.specifiers import SpecifierSet
 
 from advdpnp.config import FIELDS
 
-PAPERMILL_NOTEBOOKS = ['train.ipynb', 'evaluate.ipynb']
+PAPERMILL_NOTEBOOKS = ['train.ipynb', 'evaluate.ipynb', 'paper.ipynb', 'benchmark.ipynb']
 
 
 def test_environment_yml_matches_pyproject(root):
