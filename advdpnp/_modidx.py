@@ -8,6 +8,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'advdpnp.analysis.collect_features': ('analysis.html#collect_features', 'advdpnp/analysis.py'),
                                   'advdpnp.analysis.feature_metrics': ('analysis.html#feature_metrics', 'advdpnp/analysis.py'),
                                   'advdpnp.analysis.pairwise_angles': ('analysis.html#pairwise_angles', 'advdpnp/analysis.py'),
+                                  'advdpnp.analysis.panel_grid': ('analysis.html#panel_grid', 'advdpnp/analysis.py'),
                                   'advdpnp.analysis.plot_angles': ('analysis.html#plot_angles', 'advdpnp/analysis.py'),
                                   'advdpnp.analysis.plot_tsne': ('analysis.html#plot_tsne', 'advdpnp/analysis.py'),
                                   'advdpnp.analysis.simplex_angle': ('analysis.html#simplex_angle', 'advdpnp/analysis.py'),
