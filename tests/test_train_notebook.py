@@ -43,7 +43,7 @@ def test_imagefolder_run(root, tmp_path):
 
 @pytest.mark.parametrize('parameters, message', [
     ({'eps': 8}, 'eps=8 must lie in [0, 1]'),
-    ({'method': 'madry'}, "method='madry' is not valid; choose one of ['ce', 'dpnp', 'adv_dpnp']"),
+    ({'method': 'madry'}, "method='madry' is not valid; choose one of ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']"),
     ({'epochs': 'ten'}, "epochs='ten' must be an integer"),
     ({'n_train': 5000}, 'n_train=5000 is larger than digits has (1437)'),
 ])
