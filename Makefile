@@ -56,7 +56,7 @@ cifar-cpu: $(STAMP) data/cifar10-jpeg
 	done
 	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
 
-# Every table and figure at CPU scale (about 1.5 h here, estimated) into paper_figures/cpu/; a stopped run resumes.
+# Every table and figure at CPU scale (about 65 min on 2 cores) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu

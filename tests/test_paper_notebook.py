@@ -73,9 +73,10 @@ def test_tables_agree_with_the_run_folders(micro):
     assert math.isclose(abl.loc['single_branch', 'AutoAttack'], 100 * ev['accuracy']['autoattack'], abs_tol=1e-9)
     sens = pd.read_csv(figures / 'sensitivity.csv')
     assert len(sens) == 8 and set(sens['param']) == {'lambda_pa', 'lambda_nr', 'beta', 'alpha'}
+    assert "('" not in (figures / 'sensitivity.md').read_text()  # param and value are columns, not a tuple index
     for _, r in sens.iterrows():
         m = read(runs / r['run'] / 'metrics.json')
-        assert math.isclose(r['clean'], 100 * m['clean_acc'], abs_tol=1e-9)
+        assert math.isclose(r['clean'], 100 * m['clean_acc'], abs_tol=1e-9) and r['n_test'] == m['n_test']
         assert read(runs / r['run'] / 'config.json')['alpha'] == (r['value'] if r['param'] == 'alpha' else 5.0)
 
 
