@@ -9,7 +9,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
 CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
 
-.PHONY: install test demo lab readme cifar-data cifar-cpu paper-cpu check-sync clean
+.PHONY: install test test-slow demo lab readme cifar-data cifar-cpu paper-cpu check-sync clean
 
 # Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
 $(STAMP): pyproject.toml
@@ -28,17 +28,23 @@ readme: $(STAMP)
 check-sync: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash .ci/check_sync.sh
 
+# The notebooks' tests and every pytest test but the slow scenarios (about 5 min on 2 cores, after the install).
 test: $(STAMP) check-sync
 	$(BIN)/nbdev-test --n-workers 2
-	@set +e; $(BIN)/python -m pytest --junitxml=$(VENV)/pytest.xml; status=$$?; \
+	@set +e; $(BIN)/python -m pytest -m 'not slow' --junitxml=$(VENV)/pytest.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest.xml; exit $$status
+
+# The slow scenario tests: the paper notebook's micro grid, the demo's claims (about 5 min on 2 cores, after the install).
+test-slow: $(STAMP)
+	@set +e; $(BIN)/python -m pytest -m slow --junitxml=$(VENV)/pytest-slow.xml; status=$$?; \
+	  $(BIN)/python .ci/summary.py $(VENV)/pytest-slow.xml; exit $$status
 
 # Adv-DPNP and a standard model on the bundled digits set (CPU, no network).
 demo: $(STAMP)
 	mkdir -p runs
 	$(PAPERMILL) nbs/train.ipynb runs/demo-adv_dpnp.ipynb -p dataset digits -p preset smoke -p method adv_dpnp -p name demo-adv_dpnp -p overwrite True
 	$(PAPERMILL) nbs/train.ipynb runs/demo-ce.ipynb -p dataset digits -p preset smoke -p method ce -p name demo-ce -p overwrite True
-	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(DEMO_RUNS)'.split()).to_string(index=False))"
+	$(BIN)/python -c "from advdpnp.runs import compare_runs; print(compare_runs('$(DEMO_RUNS)'.split()).to_string(index=False))"
 
 data/cifar10-jpeg:
 	mkdir -p data
@@ -54,7 +60,7 @@ cifar-cpu: $(STAMP) data/cifar10-jpeg
 	  $(PAPERMILL) nbs/train.ipynb runs/cifar-cpu-$$method.ipynb -p dataset imagefolder -p data_dir data/cifar10-jpeg \
 	    -p preset smoke -p method $$method -p name cifar-cpu-$$method -p overwrite True || exit 1; \
 	done
-	$(BIN)/python -c "from advdpnp.train import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
+	$(BIN)/python -c "from advdpnp.runs import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
 
 # Every table and figure at CPU scale (about 65 min on 2 cores) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg

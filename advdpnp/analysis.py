@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .attacks import eval_mode, model_device, pgd_attack
 from .data import batch_indices, to_float
 from .evaluate import load_run_test_points
-from .train import atomic_write, write_json
+from .runs import RunLock, atomic_write, write_json
 
 # %% auto #0
 __all__ = ['collect_features', 'class_means', 'feature_metrics', 'simplex_angle', 'class_vectors', 'pairwise_angles',
@@ -89,13 +89,19 @@ def analyze_run(run_dir, n_eval: int | None = 500, steps: int = 20, batch_size: 
                 progress: bool = True) -> dict:
     "Feature metrics of a run on clean and PGD inputs, and its class-vector angles; writes features.json/.npz."
     run_dir = Path(run_dir)
-    model, cfg, images, labels = load_run_test_points(run_dir, n_eval, device)
+    with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
+        return _analyze_run(run_dir, n_eval, steps, batch_size, device, progress)
+
+def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, progress: bool) -> dict:
+    points = load_run_test_points(run_dir, n_eval, device)
+    model, cfg, images, labels = points
     attack = lambda m, x, y: pgd_attack(m, x, y, cfg.eps, cfg.eps / 4, steps, random_start=True, loss='ce')
     vectors, kind = class_vectors(model)
     protos = vectors if kind == 'prototypes' else None
     k = len(vectors)
     out, arrays = {'run': run_dir.name, 'scale': cfg.preset, 'dataset': cfg.dataset, 'method': cfg.method,
-                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': f'PGD-{steps}', 'metrics': {}}, {}
+                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': f'PGD-{steps}', 'metrics': {},
+                   **points.description}, {}
     for name, atk in (('clean', None), ('pgd', attack)):
         f, pred = collect_features(model, images, labels, atk, batch_size, f'{name} features', progress)
         out['metrics'][name] = {**feature_metrics(f, labels, k, protos), 'accuracy': (pred == labels).float().mean().item()}

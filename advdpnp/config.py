@@ -8,13 +8,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
            'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'DATASET_SIZES', 'PRESET_VALUES',
-           'FIELDS', 'RunConfig', 'ConfigError', 'config_problems', 'make_config', 'save_config', 'load_config']
+           'FIELDS', 'LEGACY_DEFAULTS', 'RunConfig', 'ConfigError', 'config_problems', 'make_config', 'save_config',
+           'load_config']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
@@ -177,6 +179,9 @@ def _range_problems(cfg) -> list:
     need('proj_dim', lambda v: v >= 0, 'must be 0 (no projection) or positive')
     need('seed', lambda v: v >= 0, 'must be non-negative')
     need('threads', lambda v: v >= 0, 'must be 0 (torch default) or positive')
+    for k in _FLOATS:
+        if _is_number(getattr(cfg, k)) and not math.isfinite(getattr(cfg, k)): out.append(f'{k}={getattr(cfg, k)!r} must be a finite number')
+    if out: return out
     for k in ('lr', 'alpha'): need(k, lambda v: v > 0, 'must be positive')
     for k in ('eps', 'attack_step', 'eval_step'): need(k, lambda v: 0 <= v <= 1, 'must lie in [0, 1] (inputs are [0, 1] pixels)')
     for k in ('weight_decay', 'lambda_pa', 'lambda_pa_adv', 'lambda_nr', 'beta', 'hinge_margin', 'trades_beta', 'mart_beta'):
@@ -243,13 +248,24 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
     return RunConfig(**{**PRESET_VALUES[preset][dataset], 'preset': preset, 'dataset': dataset, **overrides})
 
 # %% ../nbs/00_config.ipynb #bfe3de45
+# Fields added after run folders already existed, with the value every older run used.
+LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0}
+
 def save_config(cfg: RunConfig, path) -> None:
-    "Write `cfg` as JSON to `path`."
-    Path(path).write_text(json.dumps(cfg.to_dict(), indent=2) + '\n')
+    "Write `cfg` as JSON to `path`, atomically (advdpnp.runs.write_json)."
+    from advdpnp.runs import write_json
+    write_json(path, cfg.to_dict())
 
 def load_config(path) -> RunConfig:
-    "Read and validate a config written by `save_config`."
-    d = json.loads(Path(path).read_text())
+    "Read and validate a config written by `save_config`; every field must be there (except `LEGACY_DEFAULTS`')."
+    try: d = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError([f'{path} is not valid JSON ({e}): the file is damaged; restore it, or retrain the run with '
+                           f'overwrite=True']) from None
+    if not isinstance(d, dict): raise ConfigError([f'{path} holds {type(d).__name__}, not a run configuration (a JSON object)'])
     unknown = sorted(set(d) - set(FIELDS))
     if unknown: raise ConfigError([f'{path}: unknown parameter(s) {unknown}; valid parameters: {", ".join(FIELDS)}'])
-    return RunConfig(**d)
+    missing = [k for k in FIELDS if k not in d and k not in LEGACY_DEFAULTS]
+    if missing: raise ConfigError([f'{path} lacks {missing}: a config.json holds every parameter (a missing one would '
+                                   f'silently take the default); restore it from the run\'s checkpoint or retrain'])
+    return RunConfig(**{**LEGACY_DEFAULTS, **d})

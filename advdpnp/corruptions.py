@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .attacks import correct_under_attack
 from .data import balanced_subset
 from .evaluate import load_run_test_points
-from .train import atomic_write, write_json
+from .runs import RunLock, atomic_write, write_json
 
 # %% auto #0
 __all__ = ['CORRUPTIONS', 'SEVERITIES', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'GENERATED_NOTE', 'OFFICIAL_NOTE', 'SOURCES',
@@ -167,13 +167,18 @@ def evaluate_run_corruptions(run_dir, source: str = 'auto', n_eval: int | None =
     "Corruption accuracy of a run folder's model on its test (sub)set; writes results and figure there."
     run_dir = Path(run_dir)
     if source not in SOURCES: raise ValueError(f'source={source!r}; choose one of {list(SOURCES)}')
-    model, cfg, images, labels = load_run_test_points(run_dir, n_eval, device)
-    result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval,
-                                  batch_size=batch_size, seed=cfg.seed, progress=progress)
-    result.update(run=run_dir.name, scale=cfg.preset, dataset=cfg.dataset, method=cfg.method)
+    with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
+        points = load_run_test_points(run_dir, n_eval, device)
+        model, cfg, images, labels = points
+        result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval,
+                                      batch_size=batch_size, seed=cfg.seed, progress=progress)
+        result.update(run=run_dir.name, scale=cfg.preset, dataset=cfg.dataset, method=cfg.method, **points.description)
+        _write_corruptions(run_dir, result, cfg)
+    return result
+
+def _write_corruptions(run_dir: Path, result: dict, cfg) -> None:
     write_json(run_dir / 'corruptions.json', result)
     atomic_write(run_dir / 'corruptions.csv', lambda p: pd.DataFrame(result['table']).to_csv(p, index=False))
     fig = plot_corruptions(result, f'{run_dir.name} ({cfg.preset} scale)')
     atomic_write(run_dir / 'corruption_severity.png', lambda p: fig.savefig(p, dpi=110, format='png'))
     plt.close(fig)
-    return result

@@ -123,6 +123,12 @@ def load_digits(n_train=None, n_test=None, seed=0) -> ImageData:
                      [str(i) for i in range(10)], pad=0, flip=False)
 
 # %% ../nbs/01_data.ipynb #fe47a61c
+def _decode(folder, path) -> torch.Tensor:
+    "One image through torchvision's own loader (PIL, RGB); an error naming the file if it cannot be decoded."
+    try: return pil_to_tensor(folder.loader(path))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f'imagefolder: cannot decode {path} ({type(e).__name__}: {e}); replace or remove the file') from None
+
 def load_imagefolder(root, n_train=None, n_test=None, seed=0) -> ImageData:
     "An ImageFolder tree with `train/` and `test/` as an `ImageData`; only the chosen subset is decoded."
     root = Path(root)
@@ -142,10 +148,15 @@ def load_imagefolder(root, n_train=None, n_test=None, seed=0) -> ImageData:
         if n is not None and n > len(targets):
             raise ValueError(f'n_{split}={n} is larger than the {len(targets)} images in {(root / split).resolve()}')
         idx = balanced_subset(targets, n, seed)
-        images = [pil_to_tensor(folder.loader(folder.samples[i][0]))  # torchvision's own loader: PIL, RGB
-                  for i in tqdm(idx.tolist(), desc=f'decode {split}', leave=False)]
-        shapes = {tuple(im.shape) for im in images}
-        if len(shapes) != 1: raise ValueError(f'imagefolder: images in {root / split} differ in size: {sorted(shapes)[:4]}')
+        paths = [folder.samples[i][0] for i in idx.tolist()]
+        images = [_decode(folder, p) for p in tqdm(paths, desc=f'decode {split}', leave=False)]
+        shapes = [tuple(im.shape) for im in images]
+        if len(set(shapes)) != 1:
+            common = max(set(shapes), key=shapes.count)
+            odd = [(p, s) for p, s in zip(paths, shapes) if s != common]
+            raise ValueError(f'imagefolder: images in {root / split} differ in size: most are {common} (C, H, W), but '
+                             f'{odd[0][0]} is {odd[0][1]}' + (f' (and {len(odd) - 1} more)' if len(odd) > 1 else '')
+                             + '; resize or remove them')
         splits[split] = (torch.stack(images), targets[idx])
     return ImageData('imagefolder', *splits['train'], *splits['test'], classes, pad=4, flip=True)
 

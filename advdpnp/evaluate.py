@@ -5,9 +5,12 @@
 # %% ../nbs/06_evaluate.ipynb #832af55d
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -15,15 +18,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .attacks import correct_under_attack, eval_mode, fgsm_attack, model_device, pgd_attack
+from .attacks import (
+    binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device, paired_difference, pgd_attack, standard_error)
 from .data import balanced_subset, batch_indices, load_data, to_float
 from .models import DEFAULT_WIDTHS
-from .train import load_run, write_json
+from .runs import RunLock, load_run, read_json, write_json
 
 # %% auto #0
-__all__ = ['EVAL_ATTACKS', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack', 'evaluate_robustness',
-           'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'load_run_test_points',
-           'auto_batch_size', 'evaluate_run', 'results_table']
+__all__ = ['EVAL_ATTACKS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
+           'evaluate_robustness', 'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'TestPoints',
+           'load_run_test_points', 'auto_batch_size', 'evaluate_run', 'results_table']
 
 # %% ../nbs/06_evaluate.ipynb #5943e34b
 EVAL_ATTACKS = ('fgsm', 'pgd', 'cw', 'autoattack')
@@ -56,11 +60,31 @@ class _Capture(logging.Handler):
         super().__init__(logging.WARNING); self.messages = []
     def emit(self, record): self.messages.append(record.getMessage())
 
+AA_STATE_FORMAT = 2
+
+def _autoattack_state(state_path: Path, key: dict) -> dict:
+    "The state file's content if it belongs to `key`'s evaluation, a new state otherwise (stale model: warned)."
+    fresh = {'format': AA_STATE_FORMAT, **key, 'points': {}, 'flags': [], 'seconds': 0.0}
+    if not state_path.exists(): return fresh
+    state = read_json(state_path, 'AutoAttack state')
+    if state.get('format') != AA_STATE_FORMAT or not isinstance(state.get('points'), dict):
+        raise ValueError(f'{state_path} is not an advdpnp AutoAttack state (format {AA_STATE_FORMAT}); delete it to start over')
+    if state.get('model') != key['model']:
+        warnings.warn(f'{state_path} belongs to another model (checkpoint {str(state.get("model"))[:12]}…, now '
+                      f'{str(key["model"])[:12]}…); its results are stale and are discarded')
+        return fresh
+    if {k: state.get(k) for k in key} != key:
+        raise ValueError(f'{state_path} belongs to another AutoAttack evaluation ({ {k: state.get(k) for k in key} }); '
+                         f'delete it to start over with {key}')
+    return state
+
 def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, state_path, batch_size: int = 256,
-                   version: str = 'standard', attacks=None, seed: int = 0) -> dict:
-    "AutoAttack (pyautoattack) on float [0, 1] inputs, resumable; per-point correctness, per-attack accuracy, flags."
+                   version: str = 'standard', attacks=None, seed: int = 0, point_ids=None, model_id=None) -> dict:
+    "AutoAttack (pyautoattack) on float [0, 1] inputs, resumable and reusing points done before; per-point correctness, per-attack accuracy, flags."
     from pyautoattack import AutoAttack, checks
     state_path, device = Path(state_path), model_device(model)
+    ids = [str(int(i)) for i in (range(len(y)) if point_ids is None else point_ids)]
+    if len(ids) != len(y) or len(set(ids)) != len(ids): raise ValueError(f'point_ids must be {len(y)} distinct integers')
     logger, capture = logging.getLogger('auto-attack'), _Capture()
     logger.addHandler(capture)
     try:
@@ -68,39 +92,44 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, state_pa
             adversary = AutoAttack(model, eps=eps, norm='Linf', version=version, attacks=attacks, device=device, seed=seed)
             adversary.verbose = False
             order = list(adversary.attacks_to_run)
-            key = {'attacks': order, 'version': version, 'eps': eps, 'n': len(y), 'seed': seed}
-            state = json.loads(state_path.read_text()) if state_path.exists() else {**key, 'done': [], 'per_attack': {}, 'flags': [], 'seconds': 0.0}
-            if {k: state.get(k) for k in key} != key:
-                raise ValueError(f'{state_path} belongs to another AutoAttack evaluation ({ {k: state.get(k) for k in key} }); '
-                                 f'delete it to start over with {key}')
-            if 'robust' not in state:
-                state['robust'] = correct_under_attack(model, x, y, batch_size=batch_size, progress=False).tolist()
-                state['clean'] = sum(state['robust']) / len(y)
-            robust = torch.tensor(state['robust'], dtype=torch.bool)
-            for name in order:
-                if name in state['done']: continue
-                t0, idx = time.time(), robust.nonzero().squeeze(1)
-                if len(idx):
+            state = _autoattack_state(state_path, {'attacks': order, 'version': version, 'eps': eps, 'seed': seed, 'model': model_id})
+            points, labels = state['points'], y.tolist()
+            wrong = [i for i, l in zip(ids, labels) if i in points and points[i]['label'] != l]
+            if wrong: raise ValueError(f'{state_path}: points {wrong[:5]} have other labels there than here: the state '
+                                       f'belongs to other test points; delete it to start over')
+            new = [j for j, i in enumerate(ids) if i not in points]
+            if new:
+                ok = correct_under_attack(model, x[new], y[new], batch_size=batch_size, progress=False).tolist()
+                for j, o in zip(new, ok): points[ids[j]] = {'label': labels[j], 'clean': o, 'after': {}}
+            for a, name in enumerate(order):
+                pending = [j for j, i in enumerate(ids) if name not in points[ids[j]]['after']]
+                if not pending: continue
+                t0 = time.time()
+                alive = [j for j in pending if points[ids[j]]['clean'] and all(points[ids[j]]['after'][b] for b in order[:a])]
+                robust = {}
+                if alive:
                     adversary.attacks_to_run = [name]
-                    _, y_adv = adversary.run_standard_evaluation(x[idx].to(device), y[idx].to(device), batch_size=batch_size)
-                    robust[idx] = y_adv.cpu() == y[idx].cpu()
-                state['per_attack'][name] = robust.float().mean().item()
-                state['robust'], state['done'] = robust.tolist(), state['done'] + [name]
+                    _, y_adv = adversary.run_standard_evaluation(x[alive].to(device), y[alive].to(device), batch_size=batch_size)
+                    robust = dict(zip(alive, (y_adv.cpu() == y[alive].cpu()).tolist()))
+                for j in pending: points[ids[j]]['after'][name] = robust.get(j, False)
                 state['seconds'] = round(state['seconds'] + time.time() - t0, 2)
                 write_json(state_path, state)
-            checks.check_square_sr({'clean': state['clean'], **state['per_attack']}, logger=logger)
+            after = {name: torch.tensor([points[i]['after'][name] for i in ids], dtype=torch.bool) for name in order}
+            clean = torch.tensor([points[i]['clean'] for i in ids], dtype=torch.bool).float().mean().item()
+            per_attack = {name: v.float().mean().item() for name, v in after.items()}
+            checks.check_square_sr({'clean': clean, **per_attack}, logger=logger)
     finally:
         logger.removeHandler(capture)
     state['flags'] = sorted(set(state['flags']) | set(capture.messages))
     write_json(state_path, state)
-    return {'correct': robust, 'per_attack': state['per_attack'], 'clean': state['clean'], 'flags': state['flags'],
+    return {'correct': after[order[-1]], 'per_attack': per_attack, 'clean': clean, 'flags': state['flags'],
             'seconds': state['seconds'], 'version': version}
 
 # %% ../nbs/06_evaluate.ipynb #604f23c5
 def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS, batch_size: int = 256,
                         pgd_steps: int = 20, cw_steps: int = 30, step: float | None = None, state_path=None,
-                        seed: int = 0, progress: bool = True) -> dict:
-    "Accuracy under each attack, per point, and the per-point worst case over all of them."
+                        seed: int = 0, progress: bool = True, point_ids=None, model_id=None) -> dict:
+    "Accuracy (with n and standard error) under each attack, per point, and the per-point worst case over all of them."
     attacks = check_attacks(attacks)
     if 'autoattack' in attacks and state_path is None: raise ValueError('AutoAttack needs a state_path to be resumable')
     step = eps / 4 if step is None else step
@@ -112,7 +141,8 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
     for name in attacks:
         t0 = time.time()
         if name == 'autoattack':
-            aa = run_autoattack(model, to_float(images), labels, eps, state_path, batch_size, seed=seed)
+            aa = run_autoattack(model, to_float(images), labels, eps, state_path, batch_size, seed=seed,
+                                point_ids=point_ids, model_id=model_id)
             correct[name], extra['autoattack'] = aa.pop('correct'), aa
         else:
             attack = whitebox_attack(name, eps, step, pgd_steps if name == 'pgd' else cw_steps)
@@ -120,7 +150,9 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
         seconds[name] = round(time.time() - t0, 2)
     worst = torch.stack([correct[a] for a in ['clean', *attacks]]).all(dim=0)
     accuracy = {k: v.float().mean().item() for k, v in correct.items()}
-    return {'n': len(labels), 'eps': eps, 'accuracy': accuracy, 'worst_case': worst.float().mean().item(),
+    n = len(labels)
+    return {'n': n, 'eps': eps, 'accuracy': accuracy, 'worst_case': worst.float().mean().item(),
+            'standard_errors': {k: standard_error(v, n) for k, v in {**accuracy, 'worst_case': worst.float().mean().item()}.items()},
             'seconds': seconds, 'settings': {'norm': 'Linf', 'fgsm': {'step': eps},
             'pgd': {'loss': 'ce', 'steps': pgd_steps, 'step': step, 'random_start': True},
             'cw': {'loss': 'margin', 'steps': cw_steps, 'step': step, 'random_start': True},
@@ -145,60 +177,86 @@ def logit_statistics(model, images, labels, batch_size: int = 256) -> dict:
 
 def _check(name, passed, detail): return {'check': name, 'passed': bool(passed), 'detail': detail}
 
+def _rise(seq_ok: list, level: float) -> dict:
+    "The consecutive paired comparison (later minus earlier accuracy) whose lower bound is largest."
+    return max((paired_difference(a, b, level) for a, b in zip(seq_ok, seq_ok[1:])), key=lambda r: r['lower'])
+
+def _pct(r: dict) -> str:
+    return (f"largest rise {100 * r['diff']:+.1f} points ({r['b_only']} points gained, {r['a_only']} lost), "
+            f"one-sided bound {100 * r['lower']:+.1f} at level {r['level']}")
+
 def soundness_report(model, images, labels, eps: float, step: float | None = None, batch_size: int = 256,
-                     tol: float = 0.015, square_queries: int = 1000, n_square: int = 200,
-                     autoattack_flags=None, seed: int = 0, progress: bool = True) -> dict:
-    "Run the soundness checks; returns the measurements, one verdict per check, and the overall verdict."
+                     level: float = 0.001, tol: float = 0.0, margin_tol: float = 0.05, zero_tol: float = 0.01,
+                     square_queries: int = 1000, n_square: int = 200, autoattack_flags=None, seed: int = 0,
+                     progress: bool = True) -> dict:
+    "Run the soundness checks (paired, per point, exact bounds at `level`); the measurements, one verdict per check, the overall verdict."
     step = eps / 4 if step is None else step
     torch.manual_seed(seed)
     pgd = lambda e, k, loss='ce', s=step: (lambda m, x, y: pgd_attack(m, x, y, e, s, k, True, loss))
     per_point = lambda attack: correct_under_attack(model, images, labels, attack, batch_size, progress=False)
-    acc = lambda attack: per_point(attack).float().mean().item()
     bar = tqdm(total=7, desc='soundness', leave=False, disable=not progress)
-    clean, eps0 = acc(None), acc(pgd(0.0, 20)); bar.update()
+    n = len(labels)
+    clean_ok, eps0_ok = per_point(None), per_point(pgd(0.0, 20)); bar.update()
     eps_grid = [0.0, 0.25 * eps, 0.5 * eps, eps, 2 * eps]
-    by_eps = [acc(pgd(e, 20, s=e / 4)) for e in eps_grid]; bar.update()
-    unbounded = acc(pgd(1.0, 100, s=0.05)); bar.update()
+    by_eps_ok = [per_point(pgd(e, 20, s=e / 4)) for e in eps_grid]; bar.update()
+    unbounded_ok = per_point(pgd(1.0, 100, s=0.05)); bar.update()
     step_grid = [10, 20, 50, 100]
     by_steps_ok = {k: per_point(pgd(eps, k)) for k in step_grid}; bar.update()
-    by_steps = [by_steps_ok[k].float().mean().item() for k in step_grid]
     margin_ok = per_point(pgd(eps, 20, 'margin')); bar.update()
-    margin = margin_ok.float().mean().item()
     stats = logit_statistics(model, images, labels, batch_size); bar.update()
     whitebox_ok = torch.stack([*by_steps_ok.values(), margin_ok]).all(dim=0)
     square = square_check(model, images[:n_square], labels[:n_square], eps, whitebox_ok[:n_square],
-                          square_queries, batch_size, seed); bar.update()
+                          square_queries, batch_size, seed, level); bar.update()
     bar.close()
-    rises = lambda seq: max([b - a for a, b in zip(seq, seq[1:])] + [0.0])
+    mean = lambda ok: ok.float().mean().item()
+    eps_rise, step_rise = _rise(by_eps_ok, level), _rise(list(by_steps_ok.values()), level)
+    k_unbounded = int(unbounded_ok.sum())
+    unbounded_low = binomial_bounds(k_unbounded, n, level)[0]
+    margin_vs_ce = paired_difference(by_steps_ok[20], margin_ok, level)   # acc(margin) - acc(CE): negative if margin is stronger
     checks = [
-        _check('eps0_equals_clean', eps0 == clean, f'clean {clean:.4f}, PGD at eps=0 {eps0:.4f}'),
-        _check('monotone_in_eps', rises(by_eps) <= tol, 'PGD-20 at eps ' + ', '.join(f'{e:.4f}: {a:.4f}' for e, a in zip(eps_grid, by_eps))),
-        _check('unbounded_reaches_zero', unbounded <= 0.02, f'PGD-100 at eps=1: {unbounded:.4f}'),
-        _check('more_steps_no_gain', rises(by_steps) <= tol, 'PGD-k ' + ', '.join(f'{k}: {a:.4f}' for k, a in zip(step_grid, by_steps))),
-        _check('ce_and_margin_agree', margin >= by_steps[1] - 0.05, f'PGD-20 CE {by_steps[1]:.4f}, PGD-20 margin {margin:.4f}'),
-        _check('no_zero_gradients', stats['zero_gradient'] <= 0.01, f"zero CE input gradient on {stats['zero_gradient']:.2%} of points"),
-        _check('square_not_stronger', square['square_only'] <= tol,
-               f"Square ({square_queries} queries, {square['n']} points) breaks {square['square_only']:.2%} that white-box attacks left robust"),
+        _check('eps0_equals_clean', torch.equal(eps0_ok, clean_ok),
+               f'clean {mean(clean_ok):.4f}, PGD at eps=0 {mean(eps0_ok):.4f} ({int((eps0_ok != clean_ok).sum())} points differ)'),
+        _check('monotone_in_eps', eps_rise['lower'] <= tol,
+               'PGD-20 at eps ' + ', '.join(f'{e:.4f}: {mean(a):.4f}' for e, a in zip(eps_grid, by_eps_ok)) + '; ' + _pct(eps_rise)),
+        _check('unbounded_reaches_zero', unbounded_low <= zero_tol,
+               f'PGD-100 at eps=1: {k_unbounded}/{n} robust, one-sided lower bound {unbounded_low:.4f}'),
+        _check('more_steps_no_gain', step_rise['lower'] <= tol,
+               'PGD-k ' + ', '.join(f'{k}: {mean(a):.4f}' for k, a in by_steps_ok.items()) + '; ' + _pct(step_rise)),
+        _check('ce_and_margin_agree', -margin_vs_ce['upper'] <= margin_tol,
+               f"PGD-20 CE {mean(by_steps_ok[20]):.4f}, PGD-20 margin {mean(margin_ok):.4f}; margin stronger by "
+               f"{-100 * margin_vs_ce['diff']:.1f} points, at least {-100 * margin_vs_ce['upper']:.1f} at level {level}"),
+        _check('no_zero_gradients', stats['zero_gradient'] <= zero_tol, f"zero CE input gradient on {stats['zero_gradient']:.2%} of points"),
+        _check('square_not_stronger', square['square_only_lower'] <= zero_tol,
+               f"Square ({square_queries} queries, {square['n']} points) breaks {square['square_only']:.2%} that white-box "
+               f"attacks left robust (lower bound {square['square_only_lower']:.2%})"),
     ]
     if autoattack_flags is not None:
         checks.append(_check('autoattack_flags', not autoattack_flags, '; '.join(autoattack_flags) or 'none raised'))
     failed = [c['check'] for c in checks if not c['passed']]
     verdict = 'sound: no sign of gradient masking' if not failed else 'FLAGGED: possible gradient masking or a broken evaluation (' + ', '.join(failed) + ')'
-    return {'verdict': verdict, 'flagged': bool(failed), 'checks': checks, 'logit_statistics': stats, 'tolerance': tol,
-            'measurements': {'clean': clean, 'eps0': eps0, 'by_eps': dict(zip(map(float, eps_grid), by_eps)),
-                             'unbounded': unbounded, 'by_steps': dict(zip(step_grid, by_steps)), 'margin20': margin,
-                             'square': square}}
+    return {'verdict': verdict, 'flagged': bool(failed), 'checks': checks, 'logit_statistics': stats, 'n': n,
+            'level': level, 'tolerances': {'rise': tol, 'margin': margin_tol, 'zero': zero_tol},
+            'measurements': {'clean': mean(clean_ok), 'eps0': mean(eps0_ok),
+                             'by_eps': dict(zip(map(float, eps_grid), map(mean, by_eps_ok))), 'eps_rise': eps_rise,
+                             'unbounded': mean(unbounded_ok), 'by_steps': {k: mean(v) for k, v in by_steps_ok.items()},
+                             'step_rise': step_rise, 'margin20': mean(margin_ok), 'margin_vs_ce': margin_vs_ce,
+                             'square': square},
+            'per_point': {'clean': clean_ok.tolist(), **{f'pgd{k}': v.tolist() for k, v in by_steps_ok.items()},
+                          **{f'pgd20_eps{e:.6g}': v.tolist() for e, v in zip(eps_grid, by_eps_ok)}}}
 
 # %% ../nbs/06_evaluate.ipynb #bf187fb9
-def square_check(model, images, labels, eps, whitebox_ok, queries: int = 1000, batch_size: int = 256, seed: int = 0) -> dict:
-    "Share of points that Square breaks although the white-box attacks (per-point `whitebox_ok`) left them robust."
+def square_check(model, images, labels, eps, whitebox_ok, queries: int = 1000, batch_size: int = 256, seed: int = 0,
+                 level: float = 0.001) -> dict:
+    "Share of points that Square breaks although the white-box attacks (per-point `whitebox_ok`) left them robust, with its exact lower bound."
     from pyautoattack.square import SquareAttack
     with eval_mode(model):
         square = SquareAttack(model, p_init=0.8, n_queries=queries, eps=eps, norm='Linf', n_restarts=1, seed=seed,
                               verbose=False, device=model_device(model), resc_schedule=False)
         square_ok = correct_under_attack(model, images, labels, lambda m, x, y: square.perturb(x, y), batch_size, progress=False)
-    return {'n': len(labels), 'queries': queries, 'square_acc': square_ok.float().mean().item(),
-            'whitebox_acc': whitebox_ok.float().mean().item(), 'square_only': (whitebox_ok & ~square_ok).float().mean().item()}
+    k, n = int((whitebox_ok & ~square_ok).sum()), len(labels)
+    return {'n': n, 'queries': queries, 'square_acc': square_ok.float().mean().item(),
+            'whitebox_acc': whitebox_ok.float().mean().item(), 'square_only': k / n if n else 0.0,
+            'square_only_lower': binomial_bounds(k, n, level)[0] if n else 0.0}
 
 # %% ../nbs/06_evaluate.ipynb #6a06902c
 def model_card(cfg, result: dict, name: str | None = None) -> dict:
@@ -209,16 +267,37 @@ def model_card(cfg, result: dict, name: str | None = None) -> dict:
             'dataset': cfg.dataset, 'threat_model': 'Linf', 'eps': f'{cfg.eps:.6g}',
             'clean_acc': f"{100 * acc['clean']:.2f}",
             'autoattack_acc': f"{100 * acc['autoattack']:.2f}" if 'autoattack' in acc else None,
-            'worst_case_acc': f"{100 * result['worst_case']:.2f}",
+            'worst_case_acc': f"{100 * result['worst_case']:.2f}", 'n_eval': result['n'],
+            'standard_errors': {k: f'{100 * v:.2f}' for k, v in result['standard_errors'].items()},
+            'checkpoint_sha256': result.get('checkpoint_sha256'),
             'additional_data': False, 'number_forward_passes': 1, 'reported': None, 'unreliable': None,
             'footnote': f"{cfg.preset} scale; evaluated on {result['n']} test points; advdpnp's numbers, not the paper's"}
 
-def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu'):
-    "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None)."
-    model, cfg, _ = load_run(run_dir, device)
+@dataclass
+class TestPoints:
+    "A finished run's model and config, its checkpoint's SHA-256, and the test points chosen for an evaluation."
+    model: torch.nn.Module
+    cfg: object
+    checkpoint_sha256: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor     # positions in the run's test (sub)set: the points' identity in every evaluation artifact
+
+    def __iter__(self): return iter((self.model, self.cfg, self.images, self.labels))   # model, cfg, images, labels = ...
+
+    @property
+    def description(self) -> dict:
+        "What an artifact records about the points and the model it was computed on."
+        ids = self.indices.tolist()
+        return {'checkpoint_sha256': self.checkpoint_sha256,
+                'points': {'n': len(ids), 'indices_sha256': hashlib.sha256(json.dumps(ids).encode()).hexdigest()}}
+
+def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu') -> TestPoints:
+    "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None); nested in n_eval."
+    model, cfg, ckpt = load_run(run_dir, device)
     data = load_data(cfg)
     idx = balanced_subset(data.y_test, n_eval, cfg.seed)
-    return model, cfg, data.x_test[idx], data.y_test[idx]
+    return TestPoints(model, cfg, ckpt['sha256'], data.x_test[idx], data.y_test[idx], idx)
 
 def auto_batch_size(model, input_shape, device, fraction: float = 0.6, cap: int = 4096, cpu: int = 256) -> int:
     "Attack batch size for the memory budget: on CUDA, `fraction` of free memory over the measured per-image cost; on CPU, `cpu`."
@@ -240,7 +319,12 @@ def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: 
     check_count('n_eval', n_eval)
     if batch_size != 'auto': check_count('batch_size', batch_size, allow_none=False)
     if eps is not None and not 0 <= eps <= 1: raise ValueError(f'eps={eps} must lie in [0, 1]')
-    model, cfg, images, labels = load_run_test_points(run_dir, n_eval, device)
+    with RunLock(run_dir):   # before any work: the folder is writable and no other process trains or evaluates in it
+        return _evaluate_run(run_dir, attacks, n_eval, eps, batch_size, soundness, device, progress)
+
+def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bool, device, progress: bool) -> dict:
+    points = load_run_test_points(run_dir, n_eval, device)
+    model, cfg, images, labels = points
     n_classes = len(model.head.prototypes()) if model.has_prototypes else model.head.out_features
     if 'autoattack' in attacks and n_classes < 10:
         raise ValueError(f'AutoAttack (standard) needs at least 10 classes (APGD-T and FAB-T target the 9 runner-up '
@@ -248,19 +332,23 @@ def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: 
     eps = cfg.eps if eps is None else eps
     if batch_size == 'auto': batch_size = auto_batch_size(model, tuple(images.shape[1:]), device)
     result = evaluate_robustness(model, images, labels, eps, attacks, batch_size, step=cfg.eval_step if eps == cfg.eps else None,
-                                 state_path=run_dir / 'autoattack_state.json', seed=cfg.seed, progress=progress)
+                                 state_path=run_dir / 'autoattack_state.json', seed=cfg.seed, progress=progress,
+                                 point_ids=points.indices.tolist(), model_id=points.checkpoint_sha256)
     if soundness:
         flags = result.get('autoattack', {}).get('flags')
         result['soundness'] = soundness_report(model, images, labels, eps, batch_size=batch_size,
                                                autoattack_flags=flags, seed=cfg.seed, progress=progress)
     result.update(run=run_dir.name, scale=cfg.preset, dataset=cfg.dataset, method=cfg.method, batch_size=batch_size,
-                  note="advdpnp's numbers at the stated scale; not the paper's")
+                  **points.description, note="advdpnp's numbers at the stated scale; not the paper's")
     write_json(run_dir / 'eval.json', result)
     write_json(run_dir / 'model_card.json', model_card(cfg, result))
     return result
 
 def results_table(result: dict) -> pd.DataFrame:
-    "Accuracy per attack and worst case, with times."
-    rows = [{'attack': k, 'accuracy': v, 'seconds': result['seconds'].get(k)} for k, v in result['accuracy'].items()]
-    rows.append({'attack': 'worst case (per point)', 'accuracy': result['worst_case'], 'seconds': sum(result['seconds'].values())})
+    "Accuracy per attack and worst case (percent, ± binomial standard error, n), with times."
+    se, n = result['standard_errors'], result['n']
+    rows = [{'attack': k, 'accuracy (%)': f'{100 * v:.1f} ± {100 * se[k]:.1f}', 'n': n, 'seconds': result['seconds'].get(k)}
+            for k, v in result['accuracy'].items()]
+    rows.append({'attack': 'worst case (per point)', 'accuracy (%)': f"{100 * result['worst_case']:.1f} ± {100 * se['worst_case']:.1f}",
+                 'n': n, 'seconds': sum(result['seconds'].values())})
     return pd.DataFrame(rows)

@@ -18,14 +18,15 @@ from tqdm import tqdm
 
 from .analysis import plot_angles, plot_tsne, tsne_frame
 from .config import METHODS, load_config, make_config
-from .train import atomic_write, write_json
+from .attacks import standard_error
+from .runs import atomic_write, read_json, write_json
 
 # %% auto #0
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'SCALE_PLANS', 'ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE',
            'sweep_overrides', 'GridRun', 'Grid', 'merge_eval', 'build_grid', 'GridConflictError', 'run_state',
-           'repo_root', 'run_grid', 'collect_results', 'Artifacts', 'results_table', 'corruption_tables',
-           'feature_tables', 'tsne_figure', 'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves',
-           'write_artifacts']
+           'repo_root', 'run_grid', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts', 'with_errors',
+           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'sensitivity_frame',
+           'plot_sensitivity', 'plot_training_curves', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #c6ad1baf
 SCALES = ('paper', 'cpu', 'micro')
@@ -210,7 +211,8 @@ def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill) -
     for name, run in tqdm(grid.runs.items(), desc=f'{grid.scale} grid', disable=not progress):
         state, did, t0 = states[name], [], datetime.datetime.now()
         if not state['trained']:
-            execute(root / 'nbs' / 'train.ipynb', nb_dir / f'{name}-train.ipynb', {**run.train, 'overwrite': state['partial']}, root)
+            # never overwrite: a partial run (config, no metrics) resumes from its last checkpoint
+            execute(root / 'nbs' / 'train.ipynb', nb_dir / f'{name}-train.ipynb', {**run.train, 'overwrite': False}, root)
             did.append('trained')
         if not state['evaluated'] and run.evaluate is not None:
             marker = grid.run_dir(name) / 'grid_eval.json'
@@ -228,21 +230,36 @@ ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-
                   'worst_case': 'worst case'}
 
 def _read(path):
-    return json.loads(Path(path).read_text()) if Path(path).exists() else None
+    return read_json(path) if Path(path).exists() else None
+
+class StaleResultError(RuntimeError):
+    "An evaluation artifact that belongs to another checkpoint than its run folder's."
+
+def check_fresh(artifact: dict | None, metrics: dict, path) -> dict | None:
+    "`artifact` if it was computed on the checkpoint that `metrics` describes; StaleResultError otherwise."
+    if artifact is None: return None
+    have, want = artifact.get('checkpoint_sha256'), metrics.get('checkpoint_sha256')
+    if have and want and have != want:
+        raise StaleResultError(f'{path} was computed on another checkpoint ({have[:12]}…) than the run\'s ({want[:12]}…): '
+                               f'delete it and evaluate the run again')
+    return artifact
 
 def collect_results(grid: Grid) -> pd.DataFrame:
     "One row per grid entry with its run's training metrics and evaluation accuracies (percent)."
     rows = []
     for e in grid.entries:
         d = grid.run_dir(e['run'])
-        m, ev = _read(d / 'metrics.json'), _read(d / 'eval.json')
+        m = _read(d / 'metrics.json')
         if m is None: raise FileNotFoundError(f'{d / "metrics.json"} is missing: run the grid first (run=True)')
+        ev = check_fresh(_read(d / 'eval.json'), m, d / 'eval.json')
         pgd_key = next(k for k in m if k.startswith('pgd') and k.endswith('_acc'))
         row = {**e, 'train_clean': 100 * m['clean_acc'], 'train_pgd': 100 * m[pgd_key], 'n_test': m['n_test'],
                'train_seconds': m['train_seconds'], 'head': m.get('head')}
         if ev is not None:
-            row.update({col: 100 * ev['accuracy'][k] for k, col in ATTACK_COLUMNS.items() if k in ev['accuracy']})
-            row.update({'worst case': 100 * ev['worst_case'], 'n_eval': ev['n']})
+            acc = {**ev['accuracy'], 'worst_case': ev['worst_case']}
+            row.update({col: 100 * acc[k] for k, col in ATTACK_COLUMNS.items() if k in acc})
+            row.update({f'{col} SE': 100 * standard_error(acc[k], ev['n']) for k, col in ATTACK_COLUMNS.items() if k in acc})
+            row['n_eval'] = ev['n']
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -271,9 +288,10 @@ class Artifacts:
         self.folder.mkdir(parents=True, exist_ok=True)
         heading = f'{title}\n\nScale: {self.grid.description}. advdpnp numbers, not the paper\'s.'
         atomic_write(self.folder / f'{stem}.csv', lambda p: df.to_csv(p, index=index))
-        md = f'### {heading}\n\n{df.to_markdown(index=index, floatfmt=".2f")}\n' + (f'\n{extra}\n' if extra else '')
+        shown = with_errors(df)
+        md = f'### {heading}\n\n{shown.to_markdown(index=index, floatfmt=".2f")}\n' + (f'\n{extra}\n' if extra else '')
         atomic_write(self.folder / f'{stem}.md', lambda p: Path(p).write_text(md))
-        tex = df.to_latex(index=index, float_format='%.2f', na_rep='--', caption=heading.replace('\n\n', ' '),
+        tex = shown.to_latex(index=index, float_format='%.2f', na_rep='--', caption=heading.replace('\n\n', ' '),
                           label=f'tab:{stem}', escape=True)
         atomic_write(self.folder / f'{stem}.tex', lambda p: Path(p).write_text(tex))
         self.manifest[stem] = {'files': [f'{stem}.{x}' for x in ('csv', 'md', 'tex')], 'title': title, 'runs': sorted(set(runs))}
@@ -306,12 +324,25 @@ def _portable(obj, root):
 
 # %% ../nbs/09_report.ipynb #cd2bdff9
 def _mean_std(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
-    g = frame.groupby(by, sort=False)[cols]
-    mean, std, n = g.mean(), g.std(ddof=1), g.size()
+    "Mean over seeds and a standard error per column: from the binomial errors `<col> SE` and the seeds' spread."
+    g = frame.groupby(by, sort=False)
+    mean, var, k = g[cols].mean(), g[cols].var(ddof=1).fillna(0.0), g.size()
     out = mean.copy()
-    if n.max() > 1:
-        for c in cols: out[f'{c} std'] = std[c]
-    out['seeds'] = n.astype(int)
+    for c in cols:
+        if f'{c} SE' in frame: binom = (frame[f'{c} SE'] ** 2).groupby(frame[by], sort=False).mean()
+        elif (k > 1).any(): binom = var[c] * 0
+        else: continue
+        out[f'{c} SE'] = (np.maximum(var[c], binom) / k) ** 0.5
+    out['seeds'] = k.astype(int)
+    return out
+
+def with_errors(df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
+    "Columns `c` with a `c SE` beside them printed as 'mean ± SE' (for Markdown and LaTeX)."
+    out = df.copy()
+    for c in [c for c in df.columns if f'{c} SE' in df.columns]:
+        out[c] = [f'{v:.{digits}f} ± {e:.{digits}f}' if pd.notna(v) and pd.notna(e) else (f'{v:.{digits}f}' if pd.notna(v) else '')
+                  for v, e in zip(df[c], df[f'{c} SE'])]
+        out = out.drop(columns=f'{c} SE')
     return out
 
 def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -437,7 +468,8 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
     abl = results[results['group'] == 'ablation']
     if len(abl):
         cols = [c for c in ATTACK_COLUMNS.values() if c in abl and abl[c].notna().any()]
-        table = abl.set_index('variant')[cols + ['n_eval']].astype({'n_eval': 'Int64'})
+        with_se = [x for c in cols for x in (c, f'{c} SE') if x in abl]
+        table = abl.set_index('variant')[with_se + ['n_eval']].astype({'n_eval': 'Int64'})
         out.table(table, 'ablation', f'Adv-DPNP ablations on {abl["dataset"].iloc[0]} (accuracy %)', abl['run'])
     sens = sensitivity_frame(results)
     if len(sens):

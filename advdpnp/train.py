@@ -5,13 +5,9 @@
 # %% ../nbs/05_train.ipynb #4e455302
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import random
-import tempfile
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +19,21 @@ import seaborn as sns
 import torch
 from tqdm import tqdm
 
-from .attacks import correct_under_attack, model_device, pgd_attack, trades_attack
-from .config import METHOD_ATTACKS, RunConfig, load_config, save_config
+from .attacks import correct_under_attack, model_device, pgd_attack, standard_error, trades_attack
+from .config import METHOD_ATTACKS, RunConfig
 from .data import ImageData, augment, batch_indices, load_data, to_float
 from .losses import OBJECTIVES
 from .models import DEFAULT_WIDTHS, Classifier, build_model
+from .runs import (  # run folders; load_run, compare_runs and the errors are re-exported for convenience
+    RESUME, RESUME_PREV, TRAIN_ARTIFACTS, CheckpointError, RunExistsError, RunLock, atomic_write, check_run_dir, clear_run,
+    compare_runs, config_differences, file_sha256, latest_checkpoint, load_checkpoint, load_run, remove_temporaries,
+    save_checkpoint, write_json)
 
 # %% auto #0
-__all__ = ['RESUME', 'RESUME_PREV', 'ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones',
-           'make_scheduler', 'atomic_write', 'write_json', 'autocast', 'prepare_model', 'as_batch', 'configure_threads',
-           'training_examples', 'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'CheckpointError',
-           'get_rng_state', 'set_rng_state', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'DistContext',
-           'init_distributed', 'average_buffers', 'RunExistsError', 'TrainResult', 'check_run_dir', 'evaluate_metrics',
-           'train', 'load_run', 'compare_runs']
+__all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'make_scheduler', 'autocast',
+           'prepare_model', 'as_batch', 'configure_threads', 'training_examples', 'average_gradients', 'train_step',
+           'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state', 'DistContext', 'init_distributed',
+           'average_buffers', 'TrainResult', 'evaluate_metrics', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -65,22 +63,6 @@ def lr_milestones(cfg: RunConfig) -> list:
 def make_scheduler(optimizer, cfg: RunConfig):
     "Step decay at `lr_milestones(cfg)`, stepped once per epoch."
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_decay_factor)
-
-# %% ../nbs/05_train.ipynb #dc937c8c
-def atomic_write(path, write) -> None:
-    "Call `write(tmp_path)` then rename onto `path`, so readers never see a partial file."
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def write_json(path, obj) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=2) + '\n'))
 
 # %% ../nbs/05_train.ipynb #ed8fe07c
 def autocast(cfg: RunConfig, device: torch.device):
@@ -166,11 +148,6 @@ def plot_history(history: pd.DataFrame, title: str = ''):
     return fig
 
 # %% ../nbs/05_train.ipynb #be6a5cc7
-RESUME, RESUME_PREV = 'resume.pt', 'resume.prev.pt'
-
-class CheckpointError(RuntimeError):
-    "A checkpoint that cannot be used; the message names the file and why."
-
 def get_rng_state(generator: torch.Generator) -> dict:
     "Every random state a training epoch draws from, as tensors and plain Python values."
     keys, pos, has_gauss, cached = np.random.get_state()[1:]
@@ -187,44 +164,6 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['cached']))
     random.setstate((state['python'][0], tuple(state['python'][1]), None))
     generator.set_state(state['data'])
-
-def load_checkpoint(path, device='cpu') -> dict:
-    "torch.load(weights_only=True) with one clear error for a damaged or unsafe file."
-    path = Path(path)
-    try: return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if 'Unsupported global' in str(e):   # a well-formed pickle of objects other than tensors and containers
-            raise CheckpointError(f'{path} holds Python objects that need arbitrary unpickling; refusing to load it '
-                                  f'(advdpnp checkpoints hold tensors and plain containers only)') from None
-        raise CheckpointError(f'{path} is truncated or corrupted ({type(e).__name__}: {e})') from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f'{path} is truncated or corrupted ({type(e).__name__}: {str(e).splitlines()[0]})') from None
-
-def save_checkpoint(run_dir, state: dict, rotate: bool = True) -> None:
-    "Write resume.pt atomically; with `rotate`, the old resume.pt becomes resume.prev.pt first."
-    run_dir = Path(run_dir)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f'.{RESUME}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        if rotate and (run_dir / RESUME).exists(): os.replace(run_dir / RESUME, run_dir / RESUME_PREV)
-        os.replace(tmp, run_dir / RESUME)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def latest_checkpoint(run_dir, device='cpu'):
-    "(state, path) of the newest usable resume checkpoint, falling back to the previous one; (None, None) if none."
-    errors = []
-    for name in (RESUME, RESUME_PREV):
-        path = Path(run_dir) / name
-        if not path.exists(): continue
-        try: state = load_checkpoint(path, device)
-        except CheckpointError as e:
-            errors.append(str(e)); warnings.warn(f'{e}; trying the previous checkpoint'); continue
-        return state, path
-    if errors: raise CheckpointError('no usable checkpoint: ' + ' | '.join(errors))
-    return None, None
 
 # %% ../nbs/05_train.ipynb #2960d569
 @dataclass
@@ -252,11 +191,7 @@ def average_buffers(model, world: int) -> None:
         if b.is_floating_point(): torch.distributed.all_reduce(b); b /= world
 
 # %% ../nbs/05_train.ipynb #6494e989
-ARTIFACTS = ('config.json', 'checkpoint.pt', 'history.csv', 'metrics.json', 'training_curves.png')
-_RESUMABLE_DIFFERENCES = ('overwrite', 'device', 'data_dir', 'download', 'out_dir')
-
-class RunExistsError(FileExistsError):
-    "The run folder already holds results."
+ARTIFACTS = TRAIN_ARTIFACTS
 
 @dataclass
 class TrainResult:
@@ -266,55 +201,33 @@ class TrainResult:
     history: pd.DataFrame
     metrics: dict
 
-def check_run_dir(cfg: RunConfig) -> str:
-    "'fresh' or 'resume' for the run folder of `cfg`; RunExistsError for a finished run or another run's folder."
-    run_dir = cfg.run_dir
-    if cfg.overwrite: return 'fresh'
-    if (run_dir / 'metrics.json').exists():
-        raise RunExistsError(f'{run_dir} already holds a run (finished: metrics.json is there); choose another name= '
-                             f'or out_dir=, or pass overwrite=True to retrain and replace it')
-    if (run_dir / 'config.json').exists():
-        old = load_config(run_dir / 'config.json').to_dict()
-        diff = {k: (old[k], v) for k, v in cfg.to_dict().items() if k not in _RESUMABLE_DIFFERENCES and old[k] != v}
-        if diff:
-            raise RunExistsError(f'{run_dir} already holds an unfinished run with other parameters (field: (there, asked)) '
-                                 f'{diff}; choose another name= or out_dir=, or pass overwrite=True to replace it')
-        return 'resume'
-    existing = [a for a in ARTIFACTS if (run_dir / a).exists()]
-    if existing:
-        raise RunExistsError(f'{run_dir} already holds a run ({", ".join(existing)}) without config.json; '
-                             f'choose another name= or out_dir=, or pass overwrite=True to replace it')
-    return 'fresh'
-
 def evaluate_metrics(model, data: ImageData, cfg: RunConfig, batch_size: int = 256, progress: bool = True) -> dict:
-    "Clean and PGD accuracy on the test (sub)set, with the settings that produced them."
+    "Clean and PGD accuracy on the test (sub)set with their binomial standard errors, and the settings that produced them."
     t0 = time.time()
     clean = correct_under_attack(model, data.x_test, data.y_test, batch_size=batch_size, desc='clean', progress=progress)
     attack = lambda m, x, y: pgd_attack(m, x, y, cfg.eps, cfg.eval_step, cfg.eval_steps, random_start=True, loss='ce')
     robust = correct_under_attack(model, data.x_test, data.y_test, attack, batch_size, f'PGD-{cfg.eval_steps}', progress)
-    return {'clean_acc': clean.float().mean().item(), f'pgd{cfg.eval_steps}_acc': robust.float().mean().item(),
-            'n_test': len(data.y_test), 'eps': cfg.eps,
+    n, key = len(data.y_test), f'pgd{cfg.eval_steps}_acc'
+    acc = {'clean_acc': clean.float().mean().item(), key: robust.float().mean().item()}
+    return {**acc, 'n_test': n, 'standard_errors': {k: standard_error(v, n) for k, v in acc.items()}, 'eps': cfg.eps,
             'attack': {'name': 'PGD', 'norm': 'Linf', 'loss': 'ce', 'steps': cfg.eval_steps, 'step': cfg.eval_step,
                        'random_start': True, 'restarts': 1},
             'eval_seconds': round(time.time() - t0, 2)}
 
-def _remove_stale_temporaries(run_dir: Path) -> None:
-    "Temporary files of writes that a kill interrupted (only ours: .<artifact>.*.tmp)."
-    for name in (*ARTIFACTS, RESUME):
-        for p in run_dir.glob(f'.{name}.*.tmp'): p.unlink()
-
-def _remove_resume_files(run_dir: Path) -> None:
-    for p in (run_dir / RESUME, run_dir / RESUME_PREV):
-        if p.exists(): p.unlink()
-    _remove_stale_temporaries(run_dir)
-
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     "Train `cfg` (resuming an unfinished run of the same config), evaluate it, and write its run folder."
     dist = init_distributed(cfg)
+    rank = dist.rank if dist else 0
+    if not dist: resolve_device(cfg.device)                       # a missing GPU is reported before the folder is touched
+    with RunLock(cfg.run_dir) if rank == 0 else nullcontext():   # before any check: one process per run folder
+        return _train(cfg, dist, progress)
+
+def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     rank, world = (dist.rank, dist.world) if dist else (0, 1)
     device = torch.device('cuda', dist.local_rank) if dist and cfg.device != 'cpu' and torch.cuda.is_available() else resolve_device(cfg.device)
     run_dir, main = cfg.run_dir, rank == 0
     mode = check_run_dir(cfg)
+    if dist: torch.distributed.barrier()                       # every process decided before the main one writes
     data = load_data(cfg)
     seed_everything(cfg.seed)
     mean, std = data.channel_stats()
@@ -330,14 +243,16 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     if mode == 'resume':
         state, source = latest_checkpoint(run_dir, device)
         if state is not None:
+            diff = config_differences(state.get('config', {}), cfg)
+            if diff: raise RunExistsError(f'{source} was written by a run with other parameters (field: (checkpoint, asked)) '
+                                          f'{diff}; pass overwrite=True to replace it')
             model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler']); set_rng_state(state['rng'], generator)
             rows, start, elapsed, rotate = state['history'], state['epoch'], state['train_seconds'], source.name == RESUME
             if main and progress: print(f'resuming {run_dir} from {source.name} after epoch {start}/{cfg.epochs}')
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _remove_resume_files(run_dir) if mode == 'fresh' else _remove_stale_temporaries(run_dir)
-        save_config(cfg, run_dir / 'config.json')
+    if main:   # everything is validated: now the folder changes
+        clear_run(run_dir) if mode == 'fresh' else remove_temporaries(run_dir)
+        write_json(run_dir / 'config.json', cfg.to_dict())
     for epoch in tqdm(range(start, cfg.epochs), desc=f'{cfg.method} on {cfg.dataset}', initial=start, total=cfg.epochs,
                       disable=not progress or not main):
         t0, lr = time.time(), optimizer.param_groups[0]['lr']
@@ -366,43 +281,12 @@ def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     metrics = {'dataset': cfg.dataset, 'method': cfg.method, 'head': cfg.head, 'arch': cfg.arch, 'width': cfg.width or DEFAULT_WIDTHS[cfg.arch],
                'scale': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
                'train_seconds': round(elapsed, 2), 'device': str(device), 'processes': world, 'torch': torch.__version__,
+               'checkpoint_sha256': file_sha256(run_dir / 'checkpoint.pt'),
                'note': "advdpnp's reconstruction of Adv-DPNP; these are our numbers, not the paper's"}
     fig = plot_history(history, f'{cfg.run_name} ({cfg.preset} scale)')
     atomic_write(run_dir / 'training_curves.png', lambda p: fig.savefig(p, dpi=110, format='png'))
     plt.close(fig)
     write_json(run_dir / 'metrics.json', metrics)   # last: its presence marks the run as finished
-    _remove_resume_files(run_dir)
+    for p in (run_dir / RESUME, run_dir / RESUME_PREV):
+        if p.exists(): p.unlink()
     return TrainResult(run_dir, model, history, metrics)
-
-# %% ../nbs/05_train.ipynb #03f0d532
-def load_run(run_dir, device: str = 'cpu'):
-    "The trained model, config and checkpoint metadata of a run folder."
-    run_dir = Path(run_dir)
-    for name in ('config.json', 'checkpoint.pt'):
-        if not (run_dir / name).exists(): raise FileNotFoundError(f'{run_dir / name} is missing: is {run_dir} a finished run folder?')
-    cfg = load_config(run_dir / 'config.json')
-    path = run_dir / 'checkpoint.pt'
-    ckpt = load_checkpoint(path, device)
-    saved = ckpt.get('config', {})
-    diff = {k: (saved[k], getattr(cfg, k)) for k in ('dataset', 'method', 'classifier', 'arch', 'width', 'proj_dim', 'alpha')
-            if k in saved and saved[k] != getattr(cfg, k)}
-    if diff: raise CheckpointError(f'{path} was written by another run than {run_dir / "config.json"} describes '
-                                   f'(field: (checkpoint, config)) {diff}')
-    model = build_model(cfg, tuple(ckpt['input_shape']), len(ckpt['classes']))
-    try: model.load_state_dict(ckpt['model'])
-    except RuntimeError as e:
-        raise CheckpointError(f'{path} does not fit the model that {run_dir / "config.json"} describes ({cfg.arch}, '
-                              f'{cfg.dataset}, {cfg.head} head): {str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}') from None
-    return model.to(device).eval(), cfg, ckpt
-
-def compare_runs(run_dirs) -> pd.DataFrame:
-    "One row per run folder: scale, method, architecture, sizes, clean and PGD accuracy, times."
-    rows = []
-    for d in run_dirs:
-        m = json.loads((Path(d) / 'metrics.json').read_text())
-        robust = next(k for k in m if k.startswith('pgd') and k.endswith('_acc'))
-        rows.append({'run': Path(d).name, 'scale': m['scale'], 'dataset': m['dataset'], 'method': m['method'],
-                     'arch': f"{m['arch']}(w={m['width']})", 'epochs': m['epochs'], 'n_train': m['n_train'],
-                     'n_test': m['n_test'], 'eps': round(m['eps'], 4), 'clean_acc': m['clean_acc'],
-                     robust.replace('_acc', '').upper() + '_acc': m[robust], 'train_s': m['train_seconds']})
-    return pd.DataFrame(rows)

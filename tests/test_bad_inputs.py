@@ -16,7 +16,8 @@ from advdpnp.corruptions import evaluate_run_corruptions
 from advdpnp.data import DatasetNotFoundError, load_data
 from advdpnp.evaluate import evaluate_run
 from advdpnp.report import build_grid
-from advdpnp.train import CheckpointError, RunExistsError, load_run, train
+from advdpnp.runs import CheckpointError, RunExistsError, load_run
+from advdpnp.train import train
 
 
 @dataclass

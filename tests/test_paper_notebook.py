@@ -16,6 +16,7 @@ EXPECTED = {  # artifact -> extensions
     'sensitivity_curves': ('png', 'pdf'), 'training_curves': ('png', 'pdf'),
 }
 METHODS = ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']
+pytestmark = pytest.mark.slow   # the micro grid trains and evaluates 12 runs: about 3 minutes on 2 cores (make test-slow)
 
 
 def run_paper(tmp, out_name):

@@ -6,6 +6,7 @@ import papermill
 import pytest
 
 from conftest import write_tiny_imagefolder
+from advdpnp.attacks import binomial_bounds
 
 
 def run_train_notebook(root, tmp_path, **parameters):
@@ -24,7 +25,8 @@ def test_digits_smoke_run_writes_the_run_folder(root, tmp_path):
     metrics = json.loads((run / 'metrics.json').read_text())
     assert metrics['scale'] == 'smoke' and metrics['method'] == 'adv_dpnp' and metrics['n_test'] == 100
     assert metrics['eps'] == 0.2 and metrics['attack']['steps'] == 20
-    assert 0.0 <= metrics['pgd20_acc'] <= 1.0 and metrics['clean_acc'] > 0.1   # better than chance after 2 epochs
+    assert 0.0 <= metrics['pgd20_acc'] <= 1.0
+    assert binomial_bounds(round(metrics['clean_acc'] * 100), 100)[0] > 0.1     # above chance after 2 epochs (level 0.001)
     config = json.loads((run / 'config.json').read_text())
     assert (config['epochs'], config['width'], config['preset']) == (2, 8, 'smoke')
     outputs = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == 'code' for o in c.outputs]
