@@ -14,9 +14,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
-           'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'DATASET_SIZES', 'PRESET_VALUES',
-           'FIELDS', 'LEGACY_DEFAULTS', 'RunConfig', 'ConfigError', 'config_problems', 'make_config', 'save_config',
-           'load_config']
+           'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'SCHEDULES', 'DATASET_SIZES',
+           'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'RunConfig', 'ConfigError', 'config_problems', 'make_config',
+           'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
@@ -39,6 +39,7 @@ BRANCHES = ('dual', 'single')                     # dual: prototypes learn from 
 BN_MODES = ('separate', 'concat')                 # clean and adversarial batches through BatchNorm apart or together
 PROTO_INITS = ('normal', 'unit')                  # prototype directions start as N(0, I) vectors (norm ~ sqrt(d)) or at unit norm
 AMP_MODES = ('auto', 'bf16', 'off')                # mixed precision of the training step
+SCHEDULES = ('step', 'onecycle', 'cosine')         # learning-rate schedule (05_train): step decay, linear up/down, warm-up + cosine
 
 # Train / test sizes of each dataset (None: known only once the folder is read).
 DATASET_SIZES = {'digits': (1437, 360), 'cifar10': (50_000, 10_000), 'cifar100': (50_000, 10_000),
@@ -69,6 +70,10 @@ class RunConfig:
     weight_decay: float = 5e-4     # not applied to the prototype directions (SPEC section 2)
     lr_decay_at: tuple = (0.75, 0.9)  # fractions of training after which the lr is multiplied by lr_decay_factor
     lr_decay_factor: float = 0.1
+    schedule: str = 'step'         # one of SCHEDULES; 'step' decays at lr_decay_at (per epoch), the others move per batch
+    warmup_epochs: float = 0.0     # linear warm-up from 0 to lr over this many (fractional) epochs; 'onecycle' needs > 0
+    proto_lr_mult: float = 1.0     # learning rate of the prototype directions relative to lr
+    val_fraction: float = 0.0      # share of the training set held out for validation (class-balanced, fixed by seed)
     # -- threat model of the training attack (l-inf, inputs in [0, 1])
     eps: float = 0.2
     attack_step: float = 0.05
@@ -137,10 +142,10 @@ class ConfigError(ValueError):
 
 _CHOICES = {'dataset': DATASETS, 'method': METHODS, 'arch': ARCHS, 'preset': PRESETS, 'repulsion': REPULSIONS,
             'consistency': CONSISTENCIES, 'branch': BRANCHES, 'bn_mode': BN_MODES, 'classifier': CLASSIFIERS,
-            'amp': AMP_MODES, 'proto_init': PROTO_INITS}
+            'amp': AMP_MODES, 'proto_init': PROTO_INITS, 'schedule': SCHEDULES}
 _INTS = ('epochs', 'batch_size', 'attack_steps', 'eval_steps', 'seed', 'proj_dim', 'threads')
 _OPTIONAL_INTS = ('width', 'n_train', 'n_test')
-_FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'eps', 'attack_step', 'eval_step', 'alpha',
+_FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'warmup_epochs', 'proto_lr_mult', 'val_fraction', 'eps', 'attack_step', 'eval_step', 'alpha',
            'lambda_pa', 'lambda_pa_adv', 'lambda_nr', 'beta', 'hinge_margin', 'trades_beta', 'mart_beta')
 _STRS = ('data_dir', 'out_dir', 'device')
 _BOOLS = ('download', 'overwrite', 'channels_last', 'compile_model')
@@ -188,6 +193,12 @@ def _range_problems(cfg) -> list:
         need(k, lambda v: v >= 0, 'must be non-negative')
     need('momentum', lambda v: 0 <= v < 1, 'must lie in [0, 1)')
     need('lr_decay_factor', lambda v: 0 < v <= 1, 'must lie in (0, 1]')
+    need('proto_lr_mult', lambda v: v > 0, 'must be positive')
+    need('val_fraction', lambda v: 0 <= v <= 0.5, 'must lie in [0, 0.5] (a share of the training set)')
+    need('warmup_epochs', lambda v: 0 <= v < cfg.epochs if _is_int(cfg.epochs) else True,
+         f'must lie in [0, epochs={cfg.epochs}) (the warm-up must end before training does)')
+    if cfg.schedule == 'onecycle' and _is_number(cfg.warmup_epochs) and cfg.warmup_epochs == 0:
+        out.append("schedule='onecycle' needs warmup_epochs > 0 (the epoch of the peak learning rate, e.g. 0.4 * epochs)")
     decay = cfg.lr_decay_at
     if not (isinstance(decay, tuple) and all(_is_number(f) and 0 < f <= 1 for f in decay) and list(decay) == sorted(decay)):
         out.append(f'lr_decay_at={decay!r} must be an increasing list of fractions of training in (0, 1]')
@@ -249,7 +260,8 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
 
 # %% ../nbs/00_config.ipynb #bfe3de45
 # Fields added after run folders already existed, with the value every older run used.
-LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0}
+LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0,
+                   'schedule': 'step', 'warmup_epochs': 0.0, 'proto_lr_mult': 1.0, 'val_fraction': 0.0}
 
 def save_config(cfg: RunConfig, path) -> None:
     "Write `cfg` as JSON to `path`, atomically (advdpnp.runs.write_json)."

@@ -5,6 +5,7 @@
 # %% ../nbs/01_data.ipynb #a5f228da
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .config import DATASETS, RunConfig
 
 # %% auto #0
 __all__ = ['ImageData', 'balanced_subset', 'DatasetNotFoundError', 'load_torchvision', 'load_digits', 'load_imagefolder',
-           'load_data', 'batch_indices', 'to_float', 'augment']
+           'validation_split', 'load_data', 'batch_indices', 'to_float', 'augment']
 
 # %% ../nbs/01_data.ipynb #07ad32d3
 @dataclass
@@ -33,6 +34,9 @@ class ImageData:
     classes: list
     pad: int = 4       # random-crop padding of the training augmentation (0: no crop)
     flip: bool = True  # random horizontal flips in training?
+    x_val: torch.Tensor | None = None   # validation images held out of the training set (None: no validation split)
+    y_val: torch.Tensor | None = None
+    val_index: torch.Tensor | None = None   # their positions in the training set before the split
 
     @property
     def num_classes(self) -> int: return len(self.classes)
@@ -45,7 +49,8 @@ class ImageData:
         return x.mean(dim=(0, 2, 3)).float(), x.std(dim=(0, 2, 3)).float()
 
     def __repr__(self):
-        return (f'ImageData({self.name!r}: train {tuple(self.x_train.shape)}, test {tuple(self.x_test.shape)}, '
+        val = '' if self.y_val is None else f', validation {tuple(self.x_val.shape)}'
+        return (f'ImageData({self.name!r}: train {tuple(self.x_train.shape)}{val}, test {tuple(self.x_test.shape)}, '
                 f'{self.num_classes} classes, pad={self.pad}, flip={self.flip})')
 
 # %% ../nbs/01_data.ipynb #59222ab4
@@ -161,13 +166,23 @@ def load_imagefolder(root, n_train=None, n_test=None, seed=0) -> ImageData:
     return ImageData('imagefolder', *splits['train'], *splits['test'], classes, pad=4, flip=True)
 
 # %% ../nbs/01_data.ipynb #e8748a11
+def validation_split(data: ImageData, fraction: float, seed: int = 0) -> ImageData:
+    "Hold out a class-balanced `fraction` of the training set (fixed by `seed`) as validation data."
+    if fraction <= 0: return data
+    n_val = max(data.num_classes, round(fraction * len(data.y_train)))
+    val = balanced_subset(data.y_train, n_val, seed + 1)        # seed + 1: not the draw that chose the training subset
+    keep = torch.ones(len(data.y_train), dtype=torch.bool); keep[val] = False
+    return dataclasses.replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep],
+                               x_val=data.x_train[val], y_val=data.y_train[val], val_index=val)
+
 def load_data(cfg: RunConfig) -> ImageData:
-    "The dataset of `cfg`, subset to `cfg.n_train` / `cfg.n_test` under `cfg.seed`."
-    if cfg.dataset == 'digits': return load_digits(cfg.n_train, cfg.n_test, cfg.seed)
-    if cfg.dataset == 'imagefolder': return load_imagefolder(cfg.data_dir, cfg.n_train, cfg.n_test, cfg.seed)
-    if cfg.dataset in ('cifar10', 'cifar100', 'svhn'):
-        return load_torchvision(cfg.dataset, cfg.data_dir, cfg.n_train, cfg.n_test, cfg.seed, cfg.download)
-    raise ValueError(f'dataset={cfg.dataset!r} is not valid; choose one of {list(DATASETS)}')
+    "The dataset of `cfg`, subset to `cfg.n_train` / `cfg.n_test` under `cfg.seed`, with `cfg.val_fraction` held out."
+    if cfg.dataset == 'digits': data = load_digits(cfg.n_train, cfg.n_test, cfg.seed)
+    elif cfg.dataset == 'imagefolder': data = load_imagefolder(cfg.data_dir, cfg.n_train, cfg.n_test, cfg.seed)
+    elif cfg.dataset in ('cifar10', 'cifar100', 'svhn'):
+        data = load_torchvision(cfg.dataset, cfg.data_dir, cfg.n_train, cfg.n_test, cfg.seed, cfg.download)
+    else: raise ValueError(f'dataset={cfg.dataset!r} is not valid; choose one of {list(DATASETS)}')
+    return validation_split(data, cfg.val_fraction, cfg.seed)
 
 # %% ../nbs/01_data.ipynb #7601f8e7
 def batch_indices(n: int, batch_size: int, shuffle: bool = False, generator=None, drop_last: bool = False):

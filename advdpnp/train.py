@@ -5,6 +5,11 @@
 # %% ../nbs/05_train.ipynb #4e455302
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
+import math
 import os
 import random
 import time
@@ -30,10 +35,11 @@ from .runs import (  # run folders; load_run, compare_runs and the errors are re
     save_checkpoint, write_json)
 
 # %% auto #0
-__all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'make_scheduler', 'autocast',
-           'prepare_model', 'as_batch', 'configure_threads', 'training_examples', 'average_gradients', 'train_step',
-           'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state', 'DistContext', 'init_distributed',
-           'average_buffers', 'TrainResult', 'evaluate_metrics', 'train']
+__all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch', 'lr_factor',
+           'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
+           'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state',
+           'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
+           'validation_metrics', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -53,16 +59,33 @@ def make_optimizer(model: Classifier, cfg: RunConfig) -> torch.optim.SGD:
     protos = [p for n, p in model.named_parameters() if n == 'head.directions']
     others = [p for n, p in model.named_parameters() if n != 'head.directions']
     groups = [{'params': others, 'weight_decay': cfg.weight_decay}]
-    if protos: groups.append({'params': protos, 'weight_decay': 0.0})
+    if protos: groups.append({'params': protos, 'weight_decay': 0.0, 'lr': cfg.lr * cfg.proto_lr_mult})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 def lr_milestones(cfg: RunConfig) -> list:
     "Epochs after which the learning rate decays."
     return sorted({max(1, round(f * cfg.epochs)) for f in cfg.lr_decay_at})
 
-def make_scheduler(optimizer, cfg: RunConfig):
-    "Step decay at `lr_milestones(cfg)`, stepped once per epoch."
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_decay_factor)
+def per_batch(cfg: RunConfig) -> bool:
+    "Is the schedule of `cfg` stepped after every batch (else after every epoch)?"
+    return cfg.schedule != 'step' or cfg.warmup_epochs > 0
+
+def lr_factor(cfg: RunConfig, step: int, steps_per_epoch: int) -> float:
+    "The factor of the peak learning rate at optimizer step `step` (0-based) of the per-batch schedules."
+    total, warm = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    if step < warm: return (step + 1) / warm
+    if cfg.schedule == 'step':
+        return cfg.lr_decay_factor ** sum(step // steps_per_epoch >= m for m in lr_milestones(cfg))
+    t = min((step - warm) / max(total - warm, 1), 1.0)
+    return 1.0 - t if cfg.schedule == 'onecycle' else 0.5 * (1.0 + math.cos(math.pi * t))
+
+def make_scheduler(optimizer, cfg: RunConfig, steps_per_epoch: int = 1):
+    "Plain step decay: MultiStepLR stepped per epoch; otherwise a LambdaLR of `lr_factor`, stepped per batch."
+    if not per_batch(cfg):
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_decay_factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_factor, cfg, steps_per_epoch))
+
+def _factor(cfg, steps_per_epoch, step): return lr_factor(cfg, step, steps_per_epoch)
 
 # %% ../nbs/05_train.ipynb #ed8fe07c
 def autocast(cfg: RunConfig, device: torch.device):
@@ -116,8 +139,8 @@ def train_step(model, x, y, cfg: RunConfig, optimizer, world: int = 1, where: st
     return loss, terms
 
 def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, epoch: int = 0, progress: bool = True,
-                rank: int = 0, world: int = 1) -> dict:
-    "One epoch of `cfg.method`; returns the mean of each loss term (of this process's slice of each batch)."
+                rank: int = 0, world: int = 1, scheduler=None) -> dict:
+    "One epoch of `cfg.method` (stepping `scheduler` after every batch if given); the mean of each loss term (of this process's slice)."
     device = model_device(model)
     sums, n_batches = {}, 0
     batches = batch_indices(len(data.y_train), cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
@@ -127,6 +150,7 @@ def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, ep
         if world > 1: x, y = x[rank::world], y[rank::world]
         x, y = as_batch(to_float(x.to(device, non_blocking=True)), cfg), y.to(device, non_blocking=True)
         loss, terms = train_step(model, x, y, cfg, optimizer, world, f' at epoch {epoch + 1}, step {step + 1}')
+        if scheduler is not None: scheduler.step()
         loss = loss.item()
         for k, v in {'loss': loss, **terms}.items(): sums[k] = sums.get(k, 0.0) + float(v)
         n_batches += 1
@@ -135,15 +159,17 @@ def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, ep
 
 # %% ../nbs/05_train.ipynb #384abcbb
 def plot_history(history: pd.DataFrame, title: str = ''):
-    "Seaborn figure of loss terms and clean test accuracy per epoch."
-    terms = [c for c in history.columns if c not in ('epoch', 'lr', 'test_acc', 'seconds')]
+    "Seaborn figure of loss terms and clean test (and validation) accuracy per epoch."
+    accs = [c for c in ('test_acc', 'val_acc') if c in history]
+    terms = [c for c in history.columns if c not in ('epoch', 'lr', 'seconds', *accs)]
     long = history.melt(id_vars='epoch', value_vars=terms, var_name='term', value_name='value')
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     sns.lineplot(long, x='epoch', y='value', hue='term', marker='o', ax=axes[0])
     axes[0].set(title='loss terms (mean per epoch)', ylabel='value')
     sns.move_legend(axes[0], 'upper left', bbox_to_anchor=(1.0, 1.0), frameon=False)
-    sns.lineplot(history, x='epoch', y='test_acc', marker='o', ax=axes[1])
-    axes[1].set(title='clean test accuracy', ylabel='accuracy', ylim=(0, 1))
+    acc = history.melt(id_vars='epoch', value_vars=accs, var_name='split', value_name='accuracy')
+    sns.lineplot(acc, x='epoch', y='accuracy', hue='split', marker='o', ax=axes[1])
+    axes[1].set(title='clean accuracy', ylabel='accuracy', ylim=(0, 1))
     fig.suptitle(title); fig.tight_layout()
     return fig
 
@@ -214,6 +240,16 @@ def evaluate_metrics(model, data: ImageData, cfg: RunConfig, batch_size: int = 2
                        'random_start': True, 'restarts': 1},
             'eval_seconds': round(time.time() - t0, 2)}
 
+def validation_metrics(model, data: ImageData, cfg: RunConfig, progress: bool = True) -> dict:
+    "`evaluate_metrics` on the validation split, keys prefixed 'val_', and which training points it holds (empty without one)."
+    if data.y_val is None: return {}
+    m = evaluate_metrics(model, dataclasses.replace(data, x_test=data.x_val, y_test=data.y_val), cfg, progress=progress)
+    keys = [k for k in m if k.endswith('_acc')]
+    return {**{f'val_{k}': m[k] for k in keys}, 'n_val': m['n_test'],
+            'val_standard_errors': {f'val_{k}': m['standard_errors'][k] for k in keys},
+            'validation': {'fraction': cfg.val_fraction, 'seed': cfg.seed + 1, 'n': m['n_test'],
+                           'train_indices_sha256': hashlib.sha256(json.dumps(data.val_index.tolist()).encode()).hexdigest()}}
+
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     "Train `cfg` (resuming an unfinished run of the same config), evaluate it, and write its run folder."
     dist = init_distributed(cfg)
@@ -235,10 +271,10 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     model = build_model(cfg, data.input_shape, data.num_classes, mean, std).to(device)
     if dist and device.type == 'cuda': model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     prepare_model(model, cfg)
-    data = ImageData(data.name, data.x_train.to(device), data.y_train.to(device), data.x_test, data.y_test,
-                     data.classes, data.pad, data.flip)
+    data = dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device))
     optimizer, generator = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed)
-    scheduler = make_scheduler(optimizer, cfg)
+    steps_per_epoch = len(batch_indices(len(data.y_train), cfg.batch_size, drop_last=True))
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     rows, start, elapsed, rotate = [], 0, 0.0, True
     if mode == 'resume':
         state, source = latest_checkpoint(run_dir, device)
@@ -256,14 +292,16 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     for epoch in tqdm(range(start, cfg.epochs), desc=f'{cfg.method} on {cfg.dataset}', initial=start, total=cfg.epochs,
                       disable=not progress or not main):
         t0, lr = time.time(), optimizer.param_groups[0]['lr']
-        try: terms = train_epoch(model, data, cfg, optimizer, generator, epoch, progress, rank, world)
+        try: terms = train_epoch(model, data, cfg, optimizer, generator, epoch, progress, rank, world,
+                                 scheduler if per_batch(cfg) else None)
         except FloatingPointError as e:
             kept = f'the last good checkpoint is {run_dir / RESUME} (epoch {epoch})' if epoch else 'no checkpoint was written yet'
             raise FloatingPointError(f'{e}; training stopped, {kept}') from None
-        scheduler.step()
+        if not per_batch(cfg): scheduler.step()
         if world > 1: average_buffers(model, world)
         test_acc = correct_under_attack(model, data.x_test, data.y_test, desc='test', progress=False).float().mean().item()
-        rows.append({'epoch': epoch + 1, 'lr': lr, **terms, 'test_acc': test_acc, 'seconds': round(time.time() - t0, 2)})
+        val = {} if data.y_val is None else {'val_acc': correct_under_attack(model, data.x_val, data.y_val, progress=False).float().mean().item()}
+        rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, 'seconds': round(time.time() - t0, 2)})
         elapsed += time.time() - t0
         if main:
             save_checkpoint(run_dir, {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
@@ -281,7 +319,7 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     metrics = {'dataset': cfg.dataset, 'method': cfg.method, 'head': cfg.head, 'arch': cfg.arch, 'width': cfg.width or DEFAULT_WIDTHS[cfg.arch],
                'scale': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
                'train_seconds': round(elapsed, 2), 'device': str(device), 'processes': world, 'torch': torch.__version__,
-               'checkpoint_sha256': file_sha256(run_dir / 'checkpoint.pt'),
+               **validation_metrics(model, data, cfg, progress), 'checkpoint_sha256': file_sha256(run_dir / 'checkpoint.pt'),
                'note': "advdpnp's reconstruction of Adv-DPNP; these are our numbers, not the paper's"}
     fig = plot_history(history, f'{cfg.run_name} ({cfg.preset} scale)')
     atomic_write(run_dir / 'training_curves.png', lambda p: fig.savefig(p, dpi=110, format='png'))
