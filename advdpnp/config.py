@@ -15,8 +15,8 @@ from pathlib import Path
 # %% auto #0
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
            'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'SCHEDULES', 'DATASET_SIZES',
-           'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'RunConfig', 'ConfigError', 'config_problems', 'make_config',
-           'save_config', 'load_config']
+           'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'FLOAT_FIELDS', 'RunConfig', 'ConfigError', 'config_problems',
+           'make_config', 'save_config', 'load_config', 'parse_fraction', 'check_notebook_parameters']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
@@ -281,3 +281,41 @@ def load_config(path) -> RunConfig:
     if missing: raise ConfigError([f'{path} lacks {missing}: a config.json holds every parameter (a missing one would '
                                    f'silently take the default); restore it from the run\'s checkpoint or retrain'])
     return RunConfig(**{**LEGACY_DEFAULTS, **d})
+
+# %% ../nbs/00_config.ipynb #aafcafd7
+FLOAT_FIELDS = _FLOATS
+
+def _assigned(source: str) -> list:
+    "Names assigned at the top level of a cell."
+    import ast
+    try: tree = ast.parse(source)
+    except SyntaxError: return []
+    out = []
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        out += [t.id for t in targets if isinstance(t, ast.Name)]
+    return out
+
+def parse_fraction(value):
+    "'8/255' -> 0.0313...; any other value unchanged."
+    import re
+    if isinstance(value, str):
+        m = re.fullmatch(r'\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*', value)
+        if m and float(m.group(2)) != 0: return float(m.group(1)) / float(m.group(2))
+    return value
+
+def check_notebook_parameters(history, namespace: dict, numeric=()) -> dict:
+    "Stop on a parameter papermill injected that the parameters cell does not declare; fractions for `numeric`. The injected values."
+    history = list(history)
+    injected_at = [i for i, src in enumerate(history) if src.lstrip().startswith('# Parameters')]
+    if not injected_at: return {}                     # run by hand, not through papermill
+    i = injected_at[-1]
+    injected, declared = _assigned(history[i]), _assigned(history[i - 1]) if i else []
+    unknown = [k for k in injected if k not in declared]
+    if unknown:
+        hints = [f'{k!r}' + (f' (did you mean {close[0]!r}?)' if (close := difflib.get_close_matches(k, declared, n=1)) else '')
+                 for k in unknown]
+        raise ConfigError([f'unknown notebook parameter {", ".join(hints)}; this notebook\'s parameters: {", ".join(declared)}'])
+    for k in numeric:
+        if k in namespace: namespace[k] = parse_fraction(namespace[k])
+    return {k: namespace.get(k) for k in injected}

@@ -48,9 +48,36 @@ def test_imagefolder_run(root, tmp_path):
     ({'method': 'madry'}, "method='madry' is not valid; choose one of ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']"),
     ({'epochs': 'ten'}, "epochs='ten' must be an integer"),
     ({'n_train': 5000}, 'n_train=5000 is larger than digits has (1437)'),
+    ({'epoch': 1}, "unknown notebook parameter 'epoch' (did you mean 'epochs'?)"),   # papermill alone only warns
 ])
 def test_bad_parameters_fail_before_any_work(root, tmp_path, parameters, message):
     with pytest.raises(papermill.PapermillExecutionError) as error:
         run_train_notebook(root, tmp_path, dataset='digits', preset='smoke', out_dir=str(tmp_path / 'runs'), **parameters)
     assert message in str(error.value) and 'ConfigError' in error.value.ename
     assert not (tmp_path / 'runs').exists()   # nothing was written
+
+
+def test_fractions_are_accepted_for_numeric_parameters(root, tmp_path):
+    run_train_notebook(root, tmp_path, dataset='digits', preset='smoke', epochs=1, n_train=64, n_test=20, width=4,
+                       attack_steps=1, eval_steps=1, eps='51/255', out_dir=str(tmp_path / 'runs'), name='frac')
+    assert json.loads((tmp_path / 'runs' / 'frac' / 'config.json').read_text())['eps'] == 51 / 255
+
+
+def test_command_line_runs_the_notebook_and_documents_every_parameter(root, tmp_path):
+    import subprocess, sys
+    from advdpnp.config import FIELDS
+    cli = [sys.executable, '-c', 'import sys; from advdpnp.cli import main; sys.exit(main())']
+    helped = subprocess.run([*cli, 'train', '--help'], cwd=root, capture_output=True, text=True)
+    assert helped.returncode == 0, helped.stderr
+    text = ' '.join(helped.stdout.split())
+    for f in FIELDS: assert f'--{f} ' in text, f
+    assert 'fractions work: -p eps 8/255' in text and '[float, default None]' in text
+    wrong = subprocess.run([*cli, 'train', '--epoch', '1'], cwd=root, capture_output=True, text=True)
+    assert wrong.returncode == 2 and '--epoch (did you mean --epochs?)' in wrong.stderr
+    done = subprocess.run([*cli, 'train', '--dataset', 'digits', '--preset', 'smoke', '--method', 'ce', '--epochs', '1',
+                           '--n_train', '64', '--n_test', '20', '--width', '4', '--eval_steps', '1',
+                           '--out_dir', str(tmp_path / 'runs'), '--name', 'cli', '--output', str(tmp_path / 'cli.ipynb')],
+                          cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / 'runs' / 'cli' / 'metrics.json').read_text())['epochs'] == 1
+    assert (tmp_path / 'cli.ipynb').exists()
