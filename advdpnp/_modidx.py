@@ -245,6 +245,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'advdpnp.train.average_buffers': ('train.html#average_buffers', 'advdpnp/train.py'),
                                'advdpnp.train.average_gradients': ('train.html#average_gradients', 'advdpnp/train.py'),
                                'advdpnp.train.configure_threads': ('train.html#configure_threads', 'advdpnp/train.py'),
+                               'advdpnp.train.epoch_line': ('train.html#epoch_line', 'advdpnp/train.py'),
                                'advdpnp.train.evaluate_metrics': ('train.html#evaluate_metrics', 'advdpnp/train.py'),
                                'advdpnp.train.get_rng_state': ('train.html#get_rng_state', 'advdpnp/train.py'),
                                'advdpnp.train.init_distributed': ('train.html#init_distributed', 'advdpnp/train.py'),

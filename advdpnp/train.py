@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ __all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', '
            'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
            'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state',
            'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'train']
+           'validation_metrics', 'epoch_line', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -250,6 +251,12 @@ def validation_metrics(model, data: ImageData, cfg: RunConfig, progress: bool = 
             'validation': {'fraction': cfg.val_fraction, 'seed': cfg.seed + 1, 'n': m['n_test'],
                            'train_indices_sha256': hashlib.sha256(json.dumps(data.val_index.tolist()).encode()).hexdigest()}}
 
+def epoch_line(row: dict, epochs: int) -> str:
+    "One line of progress per epoch (notebooks, logs)."
+    val = f", validation {row['val_acc']:.3f}" if 'val_acc' in row else ''
+    return (f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, clean test accuracy {row['test_acc']:.3f}{val}, "
+            f"lr {row['lr']:.4g}, {row['seconds']:.1f} s")
+
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     "Train `cfg` (resuming an unfinished run of the same config), evaluate it, and write its run folder."
     dist = init_distributed(cfg)
@@ -289,8 +296,12 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     if main:   # everything is validated: now the folder changes
         clear_run(run_dir) if mode == 'fresh' else remove_temporaries(run_dir)
         write_json(run_dir / 'config.json', cfg.to_dict())
+    # Progress: tqdm bars in a terminal; in a notebook (papermill) one printed line per epoch, since every bar
+    # update would become a saved output there.
+    bars = progress and main and sys.stderr.isatty()
+    lines, progress = progress and main and not bars, bars
     for epoch in tqdm(range(start, cfg.epochs), desc=f'{cfg.method} on {cfg.dataset}', initial=start, total=cfg.epochs,
-                      disable=not progress or not main):
+                      disable=not bars):
         t0, lr = time.time(), optimizer.param_groups[0]['lr']
         try: terms = train_epoch(model, data, cfg, optimizer, generator, epoch, progress, rank, world,
                                  scheduler if per_batch(cfg) else None)
@@ -302,6 +313,7 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
         test_acc = correct_under_attack(model, data.x_test, data.y_test, desc='test', progress=False).float().mean().item()
         val = {} if data.y_val is None else {'val_acc': correct_under_attack(model, data.x_val, data.y_val, progress=False).float().mean().item()}
         rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, 'seconds': round(time.time() - t0, 2)})
+        if lines: print(epoch_line(rows[-1], cfg.epochs), flush=True)
         elapsed += time.time() - t0
         if main:
             save_checkpoint(run_dir, {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
