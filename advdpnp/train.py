@@ -14,6 +14,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ __all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', '
            'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
            'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state',
            'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'epoch_line', 'train']
+           'validation_metrics', 'duration', 'epoch_line', 'paper_on_cpu_warning', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -251,11 +252,24 @@ def validation_metrics(model, data: ImageData, cfg: RunConfig, progress: bool = 
             'validation': {'fraction': cfg.val_fraction, 'seed': cfg.seed + 1, 'n': m['n_test'],
                            'train_indices_sha256': hashlib.sha256(json.dumps(data.val_index.tolist()).encode()).hexdigest()}}
 
+def duration(seconds: float) -> str:
+    "A readable duration: '42 s', '7.5 min', '3.2 h', '4.1 days'."
+    for unit, size in (('days', 86400), ('h', 3600), ('min', 60)):
+        if seconds >= 2 * size: return f'{seconds / size:.1f} {unit}'
+    return f'{seconds:.0f} s'
+
 def epoch_line(row: dict, epochs: int) -> str:
-    "One line of progress per epoch (notebooks, logs)."
+    "One line of progress per epoch (notebooks, logs), with the time the remaining epochs will take at this pace."
     val = f", validation {row['val_acc']:.3f}" if 'val_acc' in row else ''
     return (f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, clean test accuracy {row['test_acc']:.3f}{val}, "
-            f"lr {row['lr']:.4g}, {row['seconds']:.1f} s")
+            f"lr {row['lr']:.4g}, {row['seconds']:.1f} s, about {duration(row['seconds'] * (epochs - row['epoch']))} to go")
+
+def paper_on_cpu_warning(cfg: RunConfig, device, first_epoch_seconds: float) -> str | None:
+    "The warning for a `paper` preset training on a CPU, with the projected time (None otherwise)."
+    if cfg.preset != 'paper' or torch.device(device).type != 'cpu': return None
+    return (f"preset='paper' is training on a CPU: its first epoch took {duration(first_epoch_seconds)}, so the "
+            f"{cfg.epochs} epochs take about {duration(first_epoch_seconds * cfg.epochs)}. The paper recipe is meant "
+            f"for a GPU; preset='smoke' is the CPU-sized one")
 
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
     "Train `cfg` (resuming an unfinished run of the same config), evaluate it, and write its run folder."
@@ -314,6 +328,8 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
         val = {} if data.y_val is None else {'val_acc': correct_under_attack(model, data.x_val, data.y_val, progress=False).float().mean().item()}
         rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, 'seconds': round(time.time() - t0, 2)})
         if lines: print(epoch_line(rows[-1], cfg.epochs), flush=True)
+        if main and epoch == start and (warning := paper_on_cpu_warning(cfg, device, rows[-1]['seconds'])):
+            warnings.warn(warning)
         elapsed += time.time() - t0
         if main:
             save_checkpoint(run_dir, {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
