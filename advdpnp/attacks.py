@@ -17,8 +17,8 @@ from .data import batch_indices, to_float
 
 # %% auto #0
 __all__ = ['ATTACK_LOSSES', 'eval_mode', 'margin_loss', 'attack_loss', 'layout_free_noise', 'pgd_attack', 'fgsm_attack',
-           'trades_attack', 'model_device', 'correct_under_attack', 'standard_error', 'accuracy_summary',
-           'binomial_bounds', 'paired_difference']
+           'trades_attack', 'model_device', 'correct_under_attack', 'standard_error', 'binomial_bounds',
+           'paired_difference']
 
 # %% ../nbs/04_attacks.ipynb #c8905989
 @contextmanager
@@ -103,12 +103,6 @@ def correct_under_attack(model, images, labels, attack=None, batch_size: int = 2
 def standard_error(p: float, n: int) -> float:
     "Binomial standard error of an accuracy `p` measured on `n` points (nan for n = 0)."
     return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float('nan')
-
-def accuracy_summary(correct: torch.Tensor) -> dict:
-    "{'acc', 'n', 'se'} of a per-point correctness vector."
-    n = len(correct)
-    p = correct.float().mean().item() if n else float('nan')
-    return {'acc': p, 'n': n, 'se': standard_error(p, n)}
 
 def binomial_bounds(k: int, n: int, level: float = 0.001) -> tuple:
     "Exact one-sided Clopper-Pearson (lower, upper) bounds, each at `level`, of a proportion with k successes in n."

@@ -5,8 +5,6 @@
 # %% ../nbs/06_evaluate.ipynb #832af55d
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 import warnings
@@ -22,7 +20,7 @@ from .attacks import (
     binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device, paired_difference, pgd_attack, standard_error)
 from .data import balanced_subset, batch_indices, load_data, to_float
 from .models import DEFAULT_WIDTHS
-from .runs import RunLock, load_run, read_json, write_json
+from .runs import RunLock, indices_sha256, load_run, read_json, write_json
 
 # %% auto #0
 __all__ = ['EVAL_ATTACKS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
@@ -288,9 +286,8 @@ class TestPoints:
     @property
     def description(self) -> dict:
         "What an artifact records about the points and the model it was computed on."
-        ids = self.indices.tolist()
         return {'checkpoint_sha256': self.checkpoint_sha256,
-                'points': {'n': len(ids), 'indices_sha256': hashlib.sha256(json.dumps(ids).encode()).hexdigest()}}
+                'points': {'n': len(self.indices), 'indices_sha256': indices_sha256(self.indices)}}
 
 def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu') -> TestPoints:
     "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None); nested in n_eval."

@@ -26,10 +26,10 @@ from .models import build_model
 
 # %% auto #0
 __all__ = ['LOCK', 'RESUME', 'RESUME_PREV', 'TRAIN_ARTIFACTS', 'EVAL_ARTIFACTS', 'RESUMABLE_DIFFERENCES', 'CHECKPOINT_KEYS',
-           'current_umask', 'atomic_write', 'write_json', 'read_json', 'file_sha256', 'RunLockedError', 'RunLock',
-           'CheckpointError', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint', 'RunExistsError',
-           'remove_temporaries', 'clear_run', 'config_differences', 'check_run_dir', 'load_run', 'run_status',
-           'list_runs', 'compare_runs']
+           'current_umask', 'atomic_write', 'write_json', 'read_json', 'indices_sha256', 'file_sha256',
+           'RunLockedError', 'RunLock', 'CheckpointError', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint',
+           'RunExistsError', 'remove_temporaries', 'clear_run', 'config_differences', 'check_run_dir', 'load_run',
+           'run_status', 'list_runs', 'compare_runs']
 
 # %% ../nbs/04b_runs.ipynb #495e5f41
 def current_umask() -> int:
@@ -45,8 +45,8 @@ def _write_failed(path: Path, e: BaseException) -> OSError:
                    f'writing {path} failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); '
                    f'{free / 2**20:.1f} MiB free on its file system; {hint}. The previous {path.name}, if any, is unchanged')
 
-def atomic_write(path, write) -> None:
-    "Call `write(tmp_path)`, flush, give the file the umask's mode, rename onto `path`: readers never see a partial file."
+def atomic_write(path, write, before_replace=None) -> None:
+    "Call `write(tmp_path)`, flush, give the file the umask's mode, (call `before_replace()`,) rename onto `path`."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
@@ -56,6 +56,7 @@ def atomic_write(path, write) -> None:
             with open(tmp, 'rb+') as f: os.fsync(f.fileno())
         except (OSError, RuntimeError) as e: raise _write_failed(path, e) from None
         os.chmod(tmp, 0o666 & ~current_umask())
+        if before_replace is not None: before_replace()
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
@@ -73,6 +74,10 @@ def read_json(path, what: str = 'file') -> dict:
                          f'version, or a hand edit): delete it to have it written again') from None
     if not isinstance(obj, dict): raise ValueError(f'{path} holds {type(obj).__name__}, not the JSON object of a {what}; delete it')
     return obj
+
+def indices_sha256(indices) -> str:
+    "Hex SHA-256 of a list (or tensor) of point indices: the identity of the points an artifact was computed on."
+    return hashlib.sha256(json.dumps([int(i) for i in indices]).encode()).hexdigest()
 
 def file_sha256(path) -> str:
     "Hex SHA-256 of a file's bytes."
@@ -147,7 +152,8 @@ def load_checkpoint(path, device='cpu') -> dict:
     except Exception as e:
         text = str(e)
         unsafe = 'Weights only load failed' in text and 'global' in text.lower()      # a pickle that names code to run
-        raw_pickle = not zipfile.is_zipfile(path) and path.read_bytes()[:1] == b'\x80'  # pickle.dump, not torch.save
+        with open(path, 'rb') as f: first = f.read(1)
+        raw_pickle = not zipfile.is_zipfile(path) and first == b'\x80'                  # pickle.dump, not torch.save
         if unsafe or raw_pickle:
             detail = next((l.strip() for l in text.splitlines() if 'nsupported' in l or 'GLOBAL' in l), 'a raw pickle stream')
             raise CheckpointError(f'{path} holds Python objects that need arbitrary unpickling ({detail}); refusing to '
@@ -159,18 +165,9 @@ def load_checkpoint(path, device='cpu') -> dict:
 def save_checkpoint(run_dir, state: dict, rotate: bool = True) -> None:
     "Write resume.pt atomically; with `rotate`, the old resume.pt becomes resume.prev.pt first."
     run_dir = Path(run_dir)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f'.{RESUME}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        try:
-            torch.save(state, tmp)
-            with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-        except (OSError, RuntimeError) as e: raise _write_failed(run_dir / RESUME, e) from None
-        os.chmod(tmp, 0o666 & ~current_umask())
+    def keep_previous():
         if rotate and (run_dir / RESUME).exists(): os.replace(run_dir / RESUME, run_dir / RESUME_PREV)
-        os.replace(tmp, run_dir / RESUME)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+    atomic_write(run_dir / RESUME, lambda p: torch.save(state, p), keep_previous)
 
 def latest_checkpoint(run_dir, device='cpu'):
     "(state, path) of the newest usable resume checkpoint, falling back to the previous one; (None, None) if none."

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import os
 import random
@@ -33,8 +31,8 @@ from .losses import OBJECTIVES
 from .models import DEFAULT_WIDTHS, Classifier, build_model
 from .runs import (  # run folders; load_run, compare_runs and the errors are re-exported for convenience
     RESUME, RESUME_PREV, TRAIN_ARTIFACTS, CheckpointError, RunExistsError, RunLock, atomic_write, check_run_dir, clear_run,
-    compare_runs, config_differences, file_sha256, latest_checkpoint, load_checkpoint, load_run, remove_temporaries,
-    save_checkpoint, write_json)
+    compare_runs, config_differences, file_sha256, indices_sha256, latest_checkpoint, load_checkpoint, load_run,
+    remove_temporaries, save_checkpoint, write_json)
 
 # %% auto #0
 __all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch', 'lr_factor',
@@ -85,9 +83,7 @@ def make_scheduler(optimizer, cfg: RunConfig, steps_per_epoch: int = 1):
     "Plain step decay: MultiStepLR stepped per epoch; otherwise a LambdaLR of `lr_factor`, stepped per batch."
     if not per_batch(cfg):
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, lr_milestones(cfg), gamma=cfg.lr_decay_factor)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(_factor, cfg, steps_per_epoch))
-
-def _factor(cfg, steps_per_epoch, step): return lr_factor(cfg, step, steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg, steps_per_epoch=steps_per_epoch))
 
 # %% ../nbs/05_train.ipynb #ed8fe07c
 def autocast(cfg: RunConfig, device: torch.device):
@@ -250,7 +246,7 @@ def validation_metrics(model, data: ImageData, cfg: RunConfig, progress: bool = 
     return {**{f'val_{k}': m[k] for k in keys}, 'n_val': m['n_test'],
             'val_standard_errors': {f'val_{k}': m['standard_errors'][k] for k in keys},
             'validation': {'fraction': cfg.val_fraction, 'seed': cfg.seed + 1, 'n': m['n_test'],
-                           'train_indices_sha256': hashlib.sha256(json.dumps(data.val_index.tolist()).encode()).hexdigest()}}
+                           'train_indices_sha256': indices_sha256(data.val_index)}}
 
 def duration(seconds: float) -> str:
     "A readable duration: '42 s', '7.5 min', '3.2 h', '4.1 days'."
