@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,7 +173,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
 class GridConflictError(RuntimeError):
     "A run folder of the grid holds a different configuration."
 
-_IGNORED = ('out_dir', 'name', 'overwrite', 'device', 'data_dir', 'download')
+_IGNORED = ('out_dir', 'name', 'overwrite', 'device', 'data_dir', 'download', 'threads')   # where and how fast, not what
 
 def run_state(grid: Grid, run: GridRun) -> dict:
     "{'trained': bool, 'evaluated': bool, 'partial': bool} of a run folder; GridConflictError if it holds another config."
@@ -201,29 +203,38 @@ def _papermill(notebook: Path, output: Path, parameters: dict, cwd: Path) -> Non
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
                                kernel_name='python3', progress_bar=False)
 
-def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill) -> pd.DataFrame:
-    "Train and evaluate every run of `grid` that is not done yet; one row per run with what was done."
+def _run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, execute, threads: int) -> dict:
+    did, t0 = [], datetime.datetime.now()
+    extra = {'threads': threads} if threads else {}
+    if not state['trained']:
+        # never overwrite: a partial run (config, no metrics) resumes from its last checkpoint
+        execute(root / 'nbs' / 'train.ipynb', nb_dir / f'{run.name}-train.ipynb', {**run.train, **extra, 'overwrite': False}, root)
+        did.append('trained')
+    if not state['evaluated'] and run.evaluate is not None:
+        marker = grid.run_dir(run.name) / 'grid_eval.json'
+        if marker.exists(): marker.unlink()
+        execute(root / 'nbs' / 'evaluate.ipynb', nb_dir / f'{run.name}-evaluate.ipynb',
+                {'run_dir': str(grid.run_dir(run.name)), 'device': run.train['device'], **run.evaluate, **extra}, root)
+        write_json(marker, run.evaluate)
+        did.append('evaluated')
+    return {'run': run.name, 'done': '+'.join(did) or 'skipped (already done)',
+            'seconds': round((datetime.datetime.now() - t0).total_seconds(), 1)}
+
+def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, workers: int = 1) -> pd.DataFrame:
+    "Train and evaluate every run of `grid` that is not done yet, `workers` runs at a time; one row per run with what was done."
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f'workers={workers!r} must be a positive integer (runs trained at the same time)')
     root = repo_root(root)
     nb_dir = grid.out_dir / 'notebooks'
     nb_dir.mkdir(parents=True, exist_ok=True)
     states = {name: run_state(grid, run) for name, run in grid.runs.items()}   # every conflict before any work
-    rows = []
-    for name, run in tqdm(grid.runs.items(), desc=f'{grid.scale} grid', disable=not progress):
-        state, did, t0 = states[name], [], datetime.datetime.now()
-        if not state['trained']:
-            # never overwrite: a partial run (config, no metrics) resumes from its last checkpoint
-            execute(root / 'nbs' / 'train.ipynb', nb_dir / f'{name}-train.ipynb', {**run.train, 'overwrite': False}, root)
-            did.append('trained')
-        if not state['evaluated'] and run.evaluate is not None:
-            marker = grid.run_dir(name) / 'grid_eval.json'
-            if marker.exists(): marker.unlink()
-            execute(root / 'nbs' / 'evaluate.ipynb', nb_dir / f'{name}-evaluate.ipynb',
-                    {'run_dir': str(grid.run_dir(name)), 'device': run.train['device'], **run.evaluate}, root)
-            write_json(marker, run.evaluate)
-            did.append('evaluated')
-        rows.append({'run': name, 'done': '+'.join(did) or 'skipped (already done)',
-                     'seconds': round((datetime.datetime.now() - t0).total_seconds(), 1)})
-    return pd.DataFrame(rows)
+    # several runs at once share the cores: each gets its part as torch threads (a speed setting, see _IGNORED)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
+    todo = [(grid.runs[n], states[n]) for n in grid.runs]
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_run_one, grid, run, state, root, nb_dir, execute, threads) for run, state in todo]
+        for _ in tqdm(as_completed(futures), total=len(futures), desc=f'{grid.scale} grid', disable=not progress): pass
+    return pd.DataFrame([f.result() for f in futures])   # grid order; the first failure is raised here
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
