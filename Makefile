@@ -9,7 +9,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
 CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
 
-.PHONY: install test test-slow demo lab readme cifar-data cifar-cpu paper-cpu check-sync clean
+.PHONY: install test test-slow demo lab readme cifar-data cifar-cpu study-cpu paper-cpu check-sync clean
 
 # Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
 $(STAMP): pyproject.toml
@@ -62,10 +62,15 @@ cifar-cpu: $(STAMP) data/cifar10-jpeg
 	done
 	$(BIN)/python -c "from advdpnp.runs import compare_runs; print(compare_runs('$(CIFAR_RUNS)'.split()).to_string(index=False))"
 
-# Every table and figure at CPU scale (about 65 min on 2 cores) into paper_figures/cpu/; a stopped run resumes.
+# The recipe and prototype-head study on a validation split (about 1 h on 2 cores) into paper_figures/study-cpu/; resumes.
+study-cpu: $(STAMP) data/cifar10-jpeg
+	mkdir -p runs
+	$(PAPERMILL) nbs/study.ipynb runs/study-cpu.ipynb -p scale cpu -p workers 2
+
+# Every table and figure at CPU scale (hours on 2 cores, two runs at a time) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
-	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu
+	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

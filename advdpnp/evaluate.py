@@ -126,9 +126,14 @@ def run_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, state_pa
 # %% ../nbs/06_evaluate.ipynb #604f23c5
 def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS, batch_size: int = 256,
                         pgd_steps: int = 20, cw_steps: int = 30, step: float | None = None, state_path=None,
-                        seed: int = 0, progress: bool = True, point_ids=None, model_id=None) -> dict:
-    "Accuracy (with n and standard error) under each attack, per point, and the per-point worst case over all of them."
+                        seed: int = 0, progress: bool = True, point_ids=None, model_id=None, autoattack_subset=None) -> dict:
+    "Accuracy (with n and standard error) under each attack, per point, and the per-point worst case over all of them; AutoAttack on the positions `autoattack_subset` only, if given."
     attacks = check_attacks(attacks)
+    n = len(labels)
+    aa_pos = torch.arange(n) if autoattack_subset is None else torch.as_tensor(autoattack_subset, dtype=torch.long)
+    if len(aa_pos) == 0 or len(set(aa_pos.tolist())) != len(aa_pos) or aa_pos.min() < 0 or aa_pos.max() >= n:
+        raise ValueError(f'autoattack_subset must hold distinct positions in [0, {n})')
+    ids = list(range(n)) if point_ids is None else list(point_ids)
     if 'autoattack' in attacks and state_path is None: raise ValueError('AutoAttack needs a state_path to be resumable')
     step = eps / 4 if step is None else step
     torch.manual_seed(seed)
@@ -139,23 +144,26 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
     for name in attacks:
         t0 = time.time()
         if name == 'autoattack':
-            aa = run_autoattack(model, to_float(images), labels, eps, state_path, batch_size, seed=seed,
-                                point_ids=point_ids, model_id=model_id)
+            aa = run_autoattack(model, to_float(images[aa_pos]), labels[aa_pos], eps, state_path, batch_size, seed=seed,
+                                point_ids=[ids[i] for i in aa_pos.tolist()], model_id=model_id)
             correct[name], extra['autoattack'] = aa.pop('correct'), aa
         else:
             attack = whitebox_attack(name, eps, step, pgd_steps if name == 'pgd' else cw_steps)
             correct[name] = correct_under_attack(model, images, labels, attack, batch_size, name, progress)
         seconds[name] = round(time.time() - t0, 2)
-    worst = torch.stack([correct[a] for a in ['clean', *attacks]]).all(dim=0)
+    # the worst case per point over every attack: on the points that every attack saw
+    on = aa_pos if 'autoattack' in attacks else torch.arange(n)
+    worst = torch.stack([correct[a] if a == 'autoattack' else correct[a][on] for a in ['clean', *attacks]]).all(dim=0)
     accuracy = {k: v.float().mean().item() for k, v in correct.items()}
-    n = len(labels)
-    return {'n': n, 'eps': eps, 'accuracy': accuracy, 'worst_case': worst.float().mean().item(),
-            'standard_errors': {k: standard_error(v, n) for k, v in {**accuracy, 'worst_case': worst.float().mean().item()}.items()},
+    sizes = {**{k: len(v) for k, v in correct.items()}, 'worst_case': len(worst)}
+    subset = {'autoattack_positions': aa_pos.tolist()} if len(on) < n else {}
+    return {'n': n, 'n_per_attack': sizes, 'eps': eps, 'accuracy': accuracy, 'worst_case': worst.float().mean().item(),
+            'standard_errors': {k: standard_error(v, sizes[k]) for k, v in {**accuracy, 'worst_case': worst.float().mean().item()}.items()},
             'seconds': seconds, 'settings': {'norm': 'Linf', 'fgsm': {'step': eps},
             'pgd': {'loss': 'ce', 'steps': pgd_steps, 'step': step, 'random_start': True},
             'cw': {'loss': 'margin', 'steps': cw_steps, 'step': step, 'random_start': True},
             'autoattack': {'version': 'standard', 'seed': seed}}, **extra,
-            'per_point': {**{k: v.tolist() for k, v in correct.items()}, 'worst_case': worst.tolist()}}
+            'per_point': {**{k: v.tolist() for k, v in correct.items()}, 'worst_case': worst.tolist(), **subset}}
 
 # %% ../nbs/06_evaluate.ipynb #74d44c7a
 def logit_statistics(model, images, labels, batch_size: int = 256) -> dict:
@@ -266,6 +274,7 @@ def model_card(cfg, result: dict, name: str | None = None) -> dict:
             'clean_acc': f"{100 * acc['clean']:.2f}",
             'autoattack_acc': f"{100 * acc['autoattack']:.2f}" if 'autoattack' in acc else None,
             'worst_case_acc': f"{100 * result['worst_case']:.2f}", 'n_eval': result['n'],
+            'n_autoattack': result.get('n_per_attack', {}).get('autoattack'),
             'standard_errors': {k: f'{100 * v:.2f}' for k, v in result['standard_errors'].items()},
             'checkpoint_sha256': result.get('checkpoint_sha256'),
             'additional_data': False, 'number_forward_passes': 1, 'reported': None, 'unreliable': None,
@@ -310,16 +319,19 @@ def auto_batch_size(model, input_shape, device, fraction: float = 0.6, cap: int 
     return int(max(probe, min(cap, fraction * free / per_image)) // probe * probe)
 
 def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: float | None = None,
-                 batch_size: int | str = 256, soundness: bool = True, device: str = 'cpu', progress: bool = True) -> dict:
-    "Evaluate a run folder; writes eval.json and model_card.json there and returns the results. batch_size='auto': sized to memory."
+                 batch_size: int | str = 256, soundness: bool = True, device: str = 'cpu', progress: bool = True,
+                 n_autoattack: int | None = None) -> dict:
+    "Evaluate a run folder; writes eval.json and model_card.json there and returns the results. batch_size='auto': sized to memory; AutoAttack on a class-balanced `n_autoattack` of the points."
     run_dir, attacks = Path(run_dir), check_attacks(attacks)
-    check_count('n_eval', n_eval)
+    check_count('n_eval', n_eval); check_count('n_autoattack', n_autoattack)
+    if n_autoattack is not None and n_eval is not None and n_autoattack > n_eval:
+        raise ValueError(f'n_autoattack={n_autoattack} must not exceed n_eval={n_eval} (AutoAttack runs on a subset of the evaluated points)')
     if batch_size != 'auto': check_count('batch_size', batch_size, allow_none=False)
     if eps is not None and not 0 <= eps <= 1: raise ValueError(f'eps={eps} must lie in [0, 1]')
     with RunLock(run_dir):   # before any work: the folder is writable and no other process trains or evaluates in it
-        return _evaluate_run(run_dir, attacks, n_eval, eps, batch_size, soundness, device, progress)
+        return _evaluate_run(run_dir, attacks, n_eval, eps, batch_size, soundness, device, progress, n_autoattack)
 
-def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bool, device, progress: bool) -> dict:
+def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bool, device, progress: bool, n_autoattack=None) -> dict:
     points = load_run_test_points(run_dir, n_eval, device)
     model, cfg, images, labels = points
     n_classes = len(model.head.prototypes()) if model.has_prototypes else model.head.out_features
@@ -330,7 +342,9 @@ def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bo
     if batch_size == 'auto': batch_size = auto_batch_size(model, tuple(images.shape[1:]), device)
     result = evaluate_robustness(model, images, labels, eps, attacks, batch_size, step=cfg.eval_step if eps == cfg.eps else None,
                                  state_path=run_dir / 'autoattack_state.json', seed=cfg.seed, progress=progress,
-                                 point_ids=points.indices.tolist(), model_id=points.checkpoint_sha256)
+                                 point_ids=points.indices.tolist(), model_id=points.checkpoint_sha256,
+                                 autoattack_subset=None if n_autoattack is None or n_autoattack >= len(labels)
+                                 else balanced_subset(labels, n_autoattack, cfg.seed))   # nested in n_autoattack
     if soundness:
         flags = result.get('autoattack', {}).get('flags')
         result['soundness'] = soundness_report(model, images, labels, eps, batch_size=batch_size,
@@ -343,9 +357,9 @@ def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bo
 
 def results_table(result: dict) -> pd.DataFrame:
     "Accuracy per attack and worst case (percent, ± binomial standard error, n), with times."
-    se, n = result['standard_errors'], result['n']
-    rows = [{'attack': k, 'accuracy (%)': f'{100 * v:.1f} ± {100 * se[k]:.1f}', 'n': n, 'seconds': result['seconds'].get(k)}
-            for k, v in result['accuracy'].items()]
+    se, n = result['standard_errors'], result.get('n_per_attack', {})
+    rows = [{'attack': k, 'accuracy (%)': f'{100 * v:.1f} ± {100 * se[k]:.1f}', 'n': n.get(k, result['n']),
+             'seconds': result['seconds'].get(k)} for k, v in result['accuracy'].items()]
     rows.append({'attack': 'worst case (per point)', 'accuracy (%)': f"{100 * result['worst_case']:.1f} ± {100 * se['worst_case']:.1f}",
-                 'n': n, 'seconds': sum(result['seconds'].values())})
+                 'n': n.get('worst_case', result['n']), 'seconds': sum(result['seconds'].values())})
     return pd.DataFrame(rows)

@@ -24,10 +24,10 @@ from .attacks import standard_error
 from .runs import atomic_write, read_json, write_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'SCALE_PLANS', 'ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE',
-           'sweep_overrides', 'GridRun', 'Grid', 'merge_eval', 'build_grid', 'GridConflictError', 'run_state',
-           'repo_root', 'run_grid', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts', 'with_errors',
-           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'sensitivity_frame',
+__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'SCALE_PLANS', 'ATTACK_COLUMNS', 'PUBLISHED',
+           'PUBLISHED_NOTE', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval', 'build_grid', 'GridConflictError',
+           'run_state', 'repo_root', 'run_grid', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts',
+           'with_errors', 'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'sensitivity_frame',
            'plot_sensitivity', 'plot_training_curves', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #c6ad1baf
@@ -54,15 +54,21 @@ def sweep_overrides(param: str, value) -> dict:
 # %% ../nbs/09_report.ipynb #b81ea2a5
 ALL_ATTACKS = 'fgsm,pgd,cw,autoattack'
 
-def _eval(attacks=ALL_ATTACKS, n_eval=None, soundness=False, corruptions='none', features=False, n_features=500):
+def _eval(attacks=ALL_ATTACKS, n_eval=None, soundness=False, corruptions='none', features=False, n_features=500,
+          n_autoattack=None):
     return dict(attacks=attacks, n_eval=n_eval, soundness=soundness, corruptions=corruptions, features=features,
-                n_features=n_features)
+                n_features=n_features, n_autoattack=n_autoattack)
 
 def _no_none(plans):
     bad = [(s, k) for s, p in plans.items() for spec in p['main'] + [p['study']] for k, v in spec['overrides'].items() if v is None]
     if bad: raise ValueError(f'None overrides would mean "preset value" in train.ipynb: {bad}')
 
 _MICRO = dict(arch='small_cnn', width=4, epochs=1, batch_size=8, attack_steps=2, eval_steps=2)
+# The short-budget recipe: chosen on a validation split by the study (nbs/study.ipynb, paper_figures/study-cpu/recipe.json),
+# the same for every method of the CPU table.
+CPU_RECIPE = dict(schedule='onecycle', lr=0.1, warmup_epochs=4.0)
+_CPU_MAIN = dict(data_dir='{cifar_dir}', n_train=10_000, n_test=1000, epochs=10, attack_steps=5, attack_step=2.5 * 8 / 255 / 5,
+                 **CPU_RECIPE)
 SCALE_PLANS = {
     'paper': dict(
         description='paper scale: SPEC section 4 recipes (ResNet-18, full training sets, 110 epochs), GPU',
@@ -74,12 +80,14 @@ SCALE_PLANS = {
         study=dict(dataset='cifar10', overrides={'data_dir': '{data_dir}'}, eval=_eval('pgd,cw,autoattack', n_eval=1000)),
         ablations=tuple(ABLATIONS), sweeps=SWEEPS),
     'cpu': dict(
-        description=('CPU scale: offline CIFAR-10 JPEG copy (PreAct ResNet-18 width 16, 2,000 train / 500 test images, '
-                     '10 epochs, attacks on 100 test points); ablations and sweeps of Adv-DPNP on scikit-learn digits '
-                     '(small CNN, eps 0.2, attacks on 100 test points); development numbers, not CIFAR-10 results'),
-        main=[dict(dataset='imagefolder', overrides={'data_dir': '{cifar_dir}'},
-                   eval=_eval(n_eval=100, corruptions='generated', features=True, n_features=300))],
-        preset='smoke', seeds=(0,), cifar='imagefolder',
+        description=('CPU scale: offline CIFAR-10 JPEG copy (PreAct ResNet-18 width 16, 10,000 class-balanced training '
+                     'images, 10 epochs of PGD-5 training at eps 8/255, the study\'s recipe; white-box attacks and '
+                     'corruptions on 1,000 test images, AutoAttack on a class-balanced 500 of them; seeds 0 and 1 for '
+                     'PGD-AT and Adv-DPNP); ablations and sweeps of Adv-DPNP on scikit-learn digits (small CNN, eps 0.2, '
+                     'attacks on 100 test points); development numbers, not CIFAR-10 results'),
+        main=[dict(dataset='imagefolder', overrides=_CPU_MAIN,
+                   eval=_eval(n_eval=1000, n_autoattack=500, corruptions='generated', features=True, n_features=500))],
+        preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder',
         study=dict(dataset='digits', overrides={}, eval=_eval('pgd,autoattack', n_eval=100)),
         ablations=tuple(ABLATIONS), sweeps={p: v[:1] + v[2:] for p, v in SWEEPS.items()}),
     'micro': dict(
@@ -118,10 +126,12 @@ def merge_eval(a: dict | None, b: dict | None) -> dict | None:
     if a is None or b is None: return a or b
     attacks = [x for x in ALL_ATTACKS.split(',') if x in a['attacks'].split(',') + b['attacks'].split(',')]
     n = None if a['n_eval'] is None or b['n_eval'] is None else max(a['n_eval'], b['n_eval'])
+    na = [x.get('n_autoattack') for x in (a, b) if 'autoattack' in x['attacks'].split(',')]
+    n_aa = None if not na or None in na else max(na)
     nf = None if a['n_features'] is None or b['n_features'] is None else max(a['n_features'], b['n_features'])
     corr = a['corruptions'] if a['corruptions'] != 'none' else b['corruptions']
     return dict(attacks=','.join(attacks), n_eval=n, soundness=a['soundness'] or b['soundness'], corruptions=corr,
-                features=a['features'] or b['features'], n_features=nf)
+                features=a['features'] or b['features'], n_features=nf, n_autoattack=n_aa)
 
 def _fill(overrides: dict, paths: dict) -> dict:
     return {k: v.format(**paths) if isinstance(v, str) else v for k, v in overrides.items()}
@@ -134,7 +144,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods: raise ValueError(f'methods={methods!r}: choose a non-empty subset of {list(METHODS)}')
     plan = SCALE_PLANS[scale]
-    seeds = list(plan['seeds'] if seeds is None else seeds)
+    seeds_given, seeds = seeds, list(plan['seeds'] if seeds is None else seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
     paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve())}
@@ -156,7 +166,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
 
     for spec in plan['main']:
         for method in methods:
-            for seed in seeds:
+            for seed in (plan.get('method_seeds', {}).get(method, seeds) if seeds_given is None else seeds):
                 add({'group': 'main'}, f"{spec['dataset']}-{method}-s{seed}", spec['dataset'], method, seed,
                     spec['overrides'], spec['eval'])
     study, s0 = plan['study'], seeds[0]
@@ -269,8 +279,10 @@ def collect_results(grid: Grid) -> pd.DataFrame:
         if ev is not None:
             acc = {**ev['accuracy'], 'worst_case': ev['worst_case']}
             row.update({col: 100 * acc[k] for k, col in ATTACK_COLUMNS.items() if k in acc})
-            row.update({f'{col} SE': 100 * standard_error(acc[k], ev['n']) for k, col in ATTACK_COLUMNS.items() if k in acc})
+            sizes = ev.get('n_per_attack', {})
+            row.update({f'{col} SE': 100 * standard_error(acc[k], sizes.get(k, ev['n'])) for k, col in ATTACK_COLUMNS.items() if k in acc})
             row['n_eval'] = ev['n']
+            row['n_autoattack'] = sizes.get('autoattack', ev['n'] if 'autoattack' in acc else None)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -362,6 +374,8 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     cols = [c for c in ATTACK_COLUMNS.values() if c in main and main[c].notna().any()]
     out = _mean_std(main, 'method', cols)
     out['n_eval'] = main.groupby('method', sort=False)['n_eval'].first().astype('Int64')
+    if 'n_autoattack' in main and main['n_autoattack'].notna().any():
+        out['n_autoattack'] = main.groupby('method', sort=False)['n_autoattack'].first().astype('Int64')
     return out
 
 # %% ../nbs/09_report.ipynb #600925f3
