@@ -100,7 +100,7 @@ def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, pro
     protos = vectors if kind == 'prototypes' else None
     k = len(vectors)
     out, arrays = {'run': run_dir.name, 'scale': cfg.preset, 'dataset': cfg.dataset, 'method': cfg.method,
-                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': f'PGD-{steps}', 'metrics': {},
+                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': f'PGD-{steps}', 'classes': list(points.classes), 'metrics': {},
                    **points.description}, {}
     for name, atk in (('clean', None), ('pgd', attack)):
         f, pred = collect_features(model, images, labels, atk, batch_size, f'{name} features', progress)
@@ -126,12 +126,17 @@ def panel_grid(n: int, ncols: int, size: tuple):
     for ax in list(axes.flat)[n:]: ax.set_visible(False)
     return fig, list(axes.flat)[:n]
 
-def plot_tsne(frames: dict, title: str = '', ncols: int | None = None):
-    "One seaborn scatter panel per entry of `frames` ({panel title: tsne_frame})."
+def plot_tsne(frames: dict, title: str = '', ncols: int | None = None, classes=None):
+    "One seaborn scatter panel per entry of `frames` ({panel title: tsne_frame}), one colour per class, a legend of class names."
     fig, axes = panel_grid(len(frames), ncols or min(len(frames), 4), (3.3, 3.2))
-    for ax, (name, frame) in zip(axes, frames.items()):
-        sns.scatterplot(frame, x='x', y='y', hue='label', palette='tab10', s=7, linewidth=0, legend=False, ax=ax)
-        ax.set(title=name, xticks=[], yticks=[], xlabel='', ylabel='')
+    order = sorted({l for f in frames.values() for l in f['label']}, key=int)
+    name = (lambda l: classes[int(l)]) if classes is not None else (lambda l: l)
+    for ax, (panel, frame) in zip(axes, frames.items()):
+        frame = frame.assign(label=frame['label'].map(name))
+        sns.scatterplot(frame, x='x', y='y', hue='label', hue_order=[name(l) for l in order], palette='tab10', s=7,
+                        linewidth=0, legend=ax is axes[-1], ax=ax)
+        ax.set(title=panel, xticks=[], yticks=[], xlabel='', ylabel='')
+    sns.move_legend(axes[-1], 'upper left', bbox_to_anchor=(1.02, 1.0), frameon=False, title='class', markerscale=2.5, fontsize=7)
     fig.suptitle(title); fig.tight_layout()
     return fig
 

@@ -74,6 +74,7 @@ class RunConfig:
     warmup_epochs: float = 0.0     # linear warm-up from 0 to lr over this many (fractional) epochs; 'onecycle' needs > 0
     proto_lr_mult: float = 1.0     # learning rate of the prototype directions relative to lr
     val_fraction: float = 0.0      # share of the training set held out for validation (class-balanced, fixed by seed)
+    epoch_pgd_points: int = 200    # PGD-10 accuracy on this many class-balanced test points after every epoch (0: none)
     # -- threat model of the training attack (l-inf, inputs in [0, 1])
     eps: float = 0.2
     attack_step: float = 0.05
@@ -143,7 +144,7 @@ class ConfigError(ValueError):
 _CHOICES = {'dataset': DATASETS, 'method': METHODS, 'arch': ARCHS, 'preset': PRESETS, 'repulsion': REPULSIONS,
             'consistency': CONSISTENCIES, 'branch': BRANCHES, 'bn_mode': BN_MODES, 'classifier': CLASSIFIERS,
             'amp': AMP_MODES, 'proto_init': PROTO_INITS, 'schedule': SCHEDULES}
-_INTS = ('epochs', 'batch_size', 'attack_steps', 'eval_steps', 'seed', 'proj_dim', 'threads')
+_INTS = ('epochs', 'batch_size', 'attack_steps', 'eval_steps', 'seed', 'proj_dim', 'threads', 'epoch_pgd_points')
 _OPTIONAL_INTS = ('width', 'n_train', 'n_test')
 _FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'warmup_epochs', 'proto_lr_mult', 'val_fraction', 'eps', 'attack_step', 'eval_step', 'alpha',
            'lambda_pa', 'lambda_pa_adv', 'lambda_nr', 'beta', 'hinge_margin', 'trades_beta', 'mart_beta')
@@ -184,6 +185,7 @@ def _range_problems(cfg) -> list:
     need('proj_dim', lambda v: v >= 0, 'must be 0 (no projection) or positive')
     need('seed', lambda v: v >= 0, 'must be non-negative')
     need('threads', lambda v: v >= 0, 'must be 0 (torch default) or positive')
+    need('epoch_pgd_points', lambda v: v >= 0, 'must be 0 (no per-epoch PGD) or positive')
     for k in _FLOATS:
         if _is_number(getattr(cfg, k)) and not math.isfinite(getattr(cfg, k)): out.append(f'{k}={getattr(cfg, k)!r} must be a finite number')
     if out: return out
@@ -261,7 +263,7 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
 # %% ../nbs/00_config.ipynb #bfe3de45
 # Fields added after run folders already existed, with the value every older run used.
 LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0,
-                   'schedule': 'step', 'warmup_epochs': 0.0, 'proto_lr_mult': 1.0, 'val_fraction': 0.0}
+                   'schedule': 'step', 'warmup_epochs': 0.0, 'proto_lr_mult': 1.0, 'val_fraction': 0.0, 'epoch_pgd_points': 0}
 
 def save_config(cfg: RunConfig, path) -> None:
     "Write `cfg` as JSON to `path`, atomically (advdpnp.runs.write_json)."

@@ -289,6 +289,7 @@ class TestPoints:
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor     # positions in the run's test (sub)set: the points' identity in every evaluation artifact
+    classes: tuple = ()       # class names, in label order
 
     def __iter__(self): return iter((self.model, self.cfg, self.images, self.labels))   # model, cfg, images, labels = ...
 
@@ -303,7 +304,7 @@ def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu'
     model, cfg, ckpt = load_run(run_dir, device)
     data = load_data(cfg)
     idx = balanced_subset(data.y_test, n_eval, cfg.seed)
-    return TestPoints(model, cfg, ckpt['sha256'], data.x_test[idx], data.y_test[idx], idx)
+    return TestPoints(model, cfg, ckpt['sha256'], data.x_test[idx], data.y_test[idx], idx, tuple(data.classes))
 
 def auto_batch_size(model, input_shape, device, fraction: float = 0.6, cap: int = 4096, cpu: int = 256) -> int:
     "Attack batch size for the memory budget: on CUDA, `fraction` of free memory over the measured per-image cost; on CPU, `cpu`."

@@ -25,10 +25,11 @@ from .runs import atomic_write, read_json, write_json
 
 # %% auto #0
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'SCALE_PLANS', 'ATTACK_COLUMNS', 'PUBLISHED',
-           'PUBLISHED_NOTE', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval', 'build_grid', 'GridConflictError',
-           'run_state', 'repo_root', 'run_grid', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts',
-           'with_errors', 'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'sensitivity_frame',
-           'plot_sensitivity', 'plot_training_curves', 'write_artifacts']
+           'PUBLISHED_NOTE', 'DATASET_LABELS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval', 'build_grid',
+           'GridConflictError', 'run_state', 'repo_root', 'run_grid', 'StaleResultError', 'check_fresh',
+           'collect_results', 'Artifacts', 'with_errors', 'results_table', 'corruption_tables', 'feature_tables',
+           'tsne_figure', 'dataset_label', 'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves',
+           'leaderboard', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #c6ad1baf
 SCALES = ('paper', 'cpu', 'micro')
@@ -183,7 +184,8 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
 class GridConflictError(RuntimeError):
     "A run folder of the grid holds a different configuration."
 
-_IGNORED = ('out_dir', 'name', 'overwrite', 'device', 'data_dir', 'download', 'threads')   # where and how fast, not what
+# where and how fast it runs, and what it only observes (the per-epoch PGD forks the random state): not what it trains
+_IGNORED = ('out_dir', 'name', 'overwrite', 'device', 'data_dir', 'download', 'threads', 'epoch_pgd_points')
 
 def run_state(grid: Grid, run: GridRun) -> dict:
     "{'trained': bool, 'evaluated': bool, 'partial': bool} of a run folder; GridConflictError if it holds another config."
@@ -422,40 +424,80 @@ def tsne_figure(grid: Grid, dataset: str, seed: int = 0):
             frames[f"{e['method']} ({label})"] = tsne_frame(z[f'{inp}_features'], z['labels'], seed=seed)
             runs.append(e['run'])
     if not frames: return None, []
-    return plot_tsne(frames, f't-SNE of penultimate features, {dataset} ({grid.scale} scale)', ncols=max(1, len(frames) // 2)), runs
+    classes = (_read(grid.run_dir(runs[0]) / 'features.json') or {}).get('classes') or None
+    return plot_tsne(frames, f't-SNE of penultimate features, {dataset_label(dataset)}, n = {len(z["labels"])} test points '
+                     f'({grid.scale} scale)', ncols=max(1, len(frames) // 2), classes=classes), runs
+
+DATASET_LABELS = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'svhn': 'SVHN', 'digits': 'digits (scikit-learn, 8x8)',
+                  'imagefolder': 'CIFAR-10, JPEG copy'}   # the plans' image folder is the offline CIFAR-10 JPEG copy
+
+def dataset_label(dataset: str) -> str:
+    "How figures and tables name `dataset`."
+    return DATASET_LABELS.get(dataset, dataset)
 
 def sensitivity_frame(results: pd.DataFrame) -> pd.DataFrame:
-    "param, value, run, clean and PGD accuracy (percent) and n_test of every sweep point."
+    "param, value, run, clean and PGD accuracy (percent, with binomial SE) and n_test of every sweep point."
     s = results[results['group'] == 'sweep']
-    return s[['param', 'value', 'run', 'train_clean', 'train_pgd', 'n_test']].rename(columns={'train_clean': 'clean', 'train_pgd': 'PGD'})
+    out = s[['param', 'value', 'run', 'train_clean', 'train_pgd', 'n_test']].rename(columns={'train_clean': 'clean', 'train_pgd': 'PGD'})
+    for c in ('clean', 'PGD'):
+        out.insert(out.columns.get_loc(c) + 1, f'{c} SE', [100 * standard_error(v / 100, n) for v, n in zip(out[c], out['n_test'])])
+    return out
 
 def plot_sensitivity(frame: pd.DataFrame, title: str = ''):
-    "One panel per swept parameter: clean and PGD accuracy against its value."
+    "One panel per swept parameter: clean and PGD accuracy (± binomial SE) against its value."
     params = list(dict.fromkeys(frame['param']))
     fig, axes = plt.subplots(1, len(params), figsize=(3.4 * len(params), 3.2), squeeze=False, sharey=True)
-    long = frame.melt(id_vars=['param', 'value'], value_vars=['clean', 'PGD'], var_name='accuracy', value_name='percent')
     for ax, p in zip(axes.flat, params):
-        sns.lineplot(long[long['param'] == p], x='value', y='percent', hue='accuracy', marker='o', ax=ax, legend=ax is axes.flat[0])
-        ax.set(title=p, xlabel=p, ylabel='accuracy (%)')
-        if (frame[frame['param'] == p]['value'] > 0).all() and frame[frame['param'] == p]['value'].max() > 5: ax.set_xscale('log')
-    fig.suptitle(title); fig.tight_layout()
+        f = frame[frame['param'] == p].sort_values('value')
+        for c, color in (('clean', 'tab:blue'), ('PGD', 'tab:red')):
+            ax.errorbar(f['value'], f[c], yerr=f[f'{c} SE'], marker='o', capsize=2, color=color, label=c)
+        ax.set(title=p, xlabel=p, ylabel='accuracy (%)', ylim=(0, 100))
+        if (f['value'] > 0).all() and f['value'].max() > 5: ax.set_xscale('log')
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
 
-def plot_training_curves(grid: Grid, seed: int = 0):
-    "Clean test accuracy and total loss per epoch of the main runs (one row per dataset)."
+def plot_training_curves(grid: Grid):
+    "Clean and PGD-10 test accuracy (%) and the training objective relative to its first epoch, per epoch (mean ± SE over seeds)."
     frames = []
-    for e in (e for e in grid.entries if e['group'] == 'main' and e['seed'] == seed):
+    for e in (e for e in grid.entries if e['group'] == 'main'):
         h = pd.read_csv(grid.run_dir(e['run']) / 'history.csv')
-        frames.append(h[['epoch', 'test_acc', 'loss']].assign(dataset=e['dataset'], method=e['method']))
+        h = h.assign(clean=100 * h['test_acc'], objective=h['loss'] / h['loss'].iloc[0], dataset=e['dataset'],
+                     method=e['method'], seed=e['seed'])
+        if 'test_pgd_acc' in h: h['PGD'] = 100 * h['test_pgd_acc']
+        frames.append(h)
     h = pd.concat(frames)
-    datasets = list(dict.fromkeys(h['dataset']))
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(10, 3.2 * len(datasets)), squeeze=False)
+    datasets, robust = list(dict.fromkeys(h['dataset'])), 'PGD' in h and h['PGD'].notna().any()
+    panels = [('clean', 'clean test accuracy (%)'), *([('PGD', 'PGD-10 test accuracy (%)')] if robust else []),
+              ('objective', 'training objective / its epoch-1 value')]
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.4 * len(panels), 3.3 * len(datasets)), squeeze=False)
     for row, ds in zip(axes, datasets):
-        sns.lineplot(h[h['dataset'] == ds], x='epoch', y='test_acc', hue='method', marker='o', ax=row[0])
-        sns.lineplot(h[h['dataset'] == ds], x='epoch', y='loss', hue='method', marker='o', ax=row[1], legend=False)
-        row[0].set(title=f'{ds}: clean test accuracy', ylim=(0, 1)); row[1].set(title=f'{ds}: training loss (each method its own objective)')
+        d = h[h['dataset'] == ds]
+        for i, (ax, (col, label)) in enumerate(zip(row, panels)):
+            sns.lineplot(d, x='epoch', y=col, hue='method', marker='o', errorbar='se', ax=ax, legend=i == 0)
+            ax.set(title=f'{dataset_label(ds)}: {label}', ylabel=label)
+            if col != 'objective': ax.set_ylim(0, 100)
+            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    fig.suptitle(f'{grid.description[:120]}…' if len(grid.description) > 120 else grid.description, fontsize=8)
     fig.tight_layout()
     return fig
+
+def leaderboard(grid: Grid) -> pd.DataFrame | None:
+    "RobustBench-style table of every evaluated run's model card, sorted by AutoAttack (then worst case) accuracy."
+    rows = []
+    for name in grid.runs:
+        card = _read(grid.run_dir(name) / 'model_card.json')
+        if card is None: continue
+        se = card.get('standard_errors', {})
+        rows.append({'run': name, 'dataset': dataset_label(card['dataset']), 'architecture': card['architecture'],
+                     'clean': float(card['clean_acc']), 'clean SE': float(se.get('clean', 'nan')),
+                     'AutoAttack': float(card['autoattack_acc']) if card.get('autoattack_acc') else np.nan,
+                     'AutoAttack SE': float(se.get('autoattack', 'nan')),
+                     'worst case': float(card['worst_case_acc']), 'worst case SE': float(se.get('worst_case', 'nan')),
+                     'n_eval': card['n_eval'], 'n_autoattack': card.get('n_autoattack') or (card['n_eval'] if card.get('autoattack_acc') else None)})
+    if not rows: return None
+    out = pd.DataFrame(rows).sort_values(['dataset', 'AutoAttack', 'worst case'], ascending=[True, False, False], na_position='last')
+    return out.astype({'n_autoattack': 'Int64'}).reset_index(drop=True)
 
 # %% ../nbs/09_report.ipynb #63851253
 def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None) -> dict:
@@ -467,17 +509,29 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
         extra = ''
         if ds == grid.cifar:
             extra = f'### {PUBLISHED_NOTE}\n\n{PUBLISHED.to_markdown(index=False, floatfmt=".2f")}'
-        out.table(results_table(results, ds), f'results_{ds}', f'Robust accuracy (%) on {ds}, per method',
+        out.table(results_table(results, ds), f'results_{ds}', f'Robust accuracy (%) on {dataset_label(ds)}, per method',
                   runs_of((results['group'] == 'main') & (results['dataset'] == ds)), extra)
     out.table(PUBLISHED, 'published_cifar10', PUBLISHED_NOTE, index=False)
     summary, long, note = corruption_tables(grid)
     if summary is not None:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
-        out.table(summary, 'cifar10c', f'Common-corruption accuracy (%) on {grid.cifar} [{note}]', runs)
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        sns.lineplot(long, x='severity', y='accuracy', hue='method', marker='o', errorbar=None, ax=ax)
-        ax.set(title='accuracy under corruption, mean over 15 corruptions', ylabel='accuracy (%)', xticks=[1, 2, 3, 4, 5])
+        out.table(summary, 'cifar10c', f'Common-corruption accuracy (%) on {dataset_label(grid.cifar)} [{note}]', runs)
+        n = int(long['n'].iloc[0]) if 'n' in long else None
+        label = f"{dataset_label(grid.cifar)}, {note.split(':')[0]} corruptions" + (f', n = {n} per pair' if n else '')
+        fig, ax = plt.subplots(figsize=(6.4, 3.8))
+        sns.lineplot(long, x='severity', y='accuracy', hue='method', marker='o', errorbar='se', ax=ax)
+        ax.set(title=f'accuracy under corruption, mean over 15 corruptions (± SE over seeds and corruptions)\n{label}',
+               ylabel='accuracy (%)', xticks=[1, 2, 3, 4, 5], ylim=(0, 100))
+        if 'generated' in note: ax.text(0.01, 0.02, 'generated with imagecorruptions (ImageNet-C constants): not comparable to CIFAR-10-C',
+                                        transform=ax.transAxes, fontsize=7, color='0.3')
+        ax.title.set_fontsize(8)
         out.figure(fig, 'cifar10c_severity', f'Corruption accuracy against severity [{note}]', runs)
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        sns.barplot(long, x='corruption', y='accuracy', hue='method', errorbar='se', ax=ax)
+        ax.set(title=f'accuracy per corruption, mean over severities 1-5 (± SE over seeds and severities); {label}',
+               ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
+        ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
+        out.figure(fig, 'cifar10c_per_corruption', f'Accuracy per corruption [{note}]', runs)
     feats, angles, matrices = feature_tables(grid)
     if feats is not None:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main']
@@ -500,8 +554,14 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
     if len(sens):
         out.table(sens, 'sensitivity', 'Sensitivity of Adv-DPNP: clean and PGD accuracy (%) measured at the end of training '
                   '(the PGD of `metrics.json`) on all n_test test images; no AutoAttack', sens['run'], index=False)
-        out.figure(plot_sensitivity(sens, f'Adv-DPNP sensitivity ({grid.scale} scale)'), 'sensitivity_curves', 'Sensitivity curves', sens['run'])
-    out.figure(plot_training_curves(grid, min(results['seed'])), 'training_curves', 'Training curves of the main runs',
-               runs_of(results['group'] == 'main'))
+        sweep = results[results['group'] == 'sweep']
+        cfg0 = load_config(grid.run_dir(sweep['run'].iloc[0]) / 'config.json')
+        title = (f'Adv-DPNP sensitivity on {dataset_label(cfg0.dataset)}, eps = {cfg0.eps:.4g}, PGD-{cfg0.eval_steps}, '
+                 f'n = {int(sens["n_test"].min())} test points ({grid.scale} scale)')
+        out.figure(plot_sensitivity(sens, title), 'sensitivity_curves', 'Sensitivity curves', sens['run'])
+    out.figure(plot_training_curves(grid), 'training_curves', 'Training curves of the main runs', runs_of(results['group'] == 'main'))
+    board = leaderboard(grid)
+    if board is not None:
+        out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
     out.write_manifest(parameters or {}, root)
     return out.manifest

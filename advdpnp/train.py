@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from .attacks import correct_under_attack, model_device, pgd_attack, standard_error, trades_attack
 from .config import METHOD_ATTACKS, RunConfig
-from .data import ImageData, augment, batch_indices, load_data, to_float
+from .data import ImageData, augment, balanced_subset, batch_indices, load_data, to_float
 from .losses import OBJECTIVES
 from .models import DEFAULT_WIDTHS, Classifier, build_model
 from .runs import (  # run folders; load_run, compare_runs and the errors are re-exported for convenience
@@ -35,11 +35,12 @@ from .runs import (  # run folders; load_run, compare_runs and the errors are re
     remove_temporaries, save_checkpoint, write_json)
 
 # %% auto #0
-__all__ = ['ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch', 'lr_factor',
-           'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
-           'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state', 'set_rng_state',
-           'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'duration', 'epoch_line', 'paper_on_cpu_warning', 'train']
+__all__ = ['ACCURACY_COLUMNS', 'ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch',
+           'lr_factor', 'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads',
+           'training_examples', 'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state',
+           'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
+           'validation_metrics', 'duration', 'epoch_attack', 'epoch_robust_accuracy', 'epoch_line',
+           'paper_on_cpu_warning', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -156,18 +157,23 @@ def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, ep
     return {k: v / max(n_batches, 1) for k, v in sums.items()}
 
 # %% ../nbs/05_train.ipynb #384abcbb
+ACCURACY_COLUMNS = {'test_acc': 'clean, test', 'val_acc': 'clean, validation', 'test_pgd_acc': 'PGD-10, test'}
+
 def plot_history(history: pd.DataFrame, title: str = ''):
-    "Seaborn figure of loss terms and clean test (and validation) accuracy per epoch."
-    accs = [c for c in ('test_acc', 'val_acc') if c in history]
+    "Seaborn figure of loss terms and accuracy (%) per epoch: clean test, validation and PGD-10 where recorded."
+    accs = [c for c in ACCURACY_COLUMNS if c in history]
     terms = [c for c in history.columns if c not in ('epoch', 'lr', 'seconds', *accs)]
     long = history.melt(id_vars='epoch', value_vars=terms, var_name='term', value_name='value')
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     sns.lineplot(long, x='epoch', y='value', hue='term', marker='o', ax=axes[0])
     axes[0].set(title='loss terms (mean per epoch)', ylabel='value')
     sns.move_legend(axes[0], 'upper left', bbox_to_anchor=(1.0, 1.0), frameon=False)
-    acc = history.melt(id_vars='epoch', value_vars=accs, var_name='split', value_name='accuracy')
-    sns.lineplot(acc, x='epoch', y='accuracy', hue='split', marker='o', ax=axes[1])
-    axes[1].set(title='clean accuracy', ylabel='accuracy', ylim=(0, 1))
+    acc = history.melt(id_vars='epoch', value_vars=accs, var_name='accuracy', value_name='percent')
+    acc['percent'] *= 100
+    acc['accuracy'] = acc['accuracy'].map(ACCURACY_COLUMNS)
+    sns.lineplot(acc, x='epoch', y='percent', hue='accuracy', marker='o', ax=axes[1])
+    axes[1].set(title='accuracy', ylabel='accuracy (%)', ylim=(0, 100))
+    for ax in axes: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.suptitle(title); fig.tight_layout()
     return fig
 
@@ -254,9 +260,25 @@ def duration(seconds: float) -> str:
         if seconds >= 2 * size: return f'{seconds / size:.1f} {unit}'
     return f'{seconds:.0f} s'
 
+def epoch_attack(cfg: RunConfig, n_test: int | None = None) -> dict:
+    "The attack behind the per-epoch robust accuracy: PGD-10, CE loss, step 2.5 eps / 10, one random start; on how many points."
+    return {'name': 'PGD', 'norm': 'Linf', 'loss': 'ce', 'eps': cfg.eps, 'steps': 10, 'step': 2.5 * cfg.eps / 10,
+            'random_start': True, 'restarts': 1,
+            'points': cfg.epoch_pgd_points if n_test is None else min(cfg.epoch_pgd_points, n_test)}
+
+def epoch_robust_accuracy(model, data: ImageData, cfg: RunConfig, device) -> float:
+    "PGD-10 accuracy on a fixed class-balanced `cfg.epoch_pgd_points` of the test points; training's random state is untouched."
+    idx = balanced_subset(data.y_test, cfg.epoch_pgd_points, cfg.seed)
+    a = epoch_attack(cfg)
+    attack = lambda m, x, y: pgd_attack(m, x, y, a['eps'], a['step'], a['steps'], random_start=True, loss='ce')
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):   # the next epoch's attacks do not change
+        torch.manual_seed(cfg.seed)
+        return correct_under_attack(model, data.x_test[idx], data.y_test[idx], attack, desc='epoch PGD', progress=False).float().mean().item()
+
 def epoch_line(row: dict, epochs: int) -> str:
     "One line of progress per epoch (notebooks, logs), with the time the remaining epochs will take at this pace."
     val = f", validation {row['val_acc']:.3f}" if 'val_acc' in row else ''
+    val += f", PGD-10 test {row['test_pgd_acc']:.3f}" if 'test_pgd_acc' in row else ''
     return (f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4f}, clean test accuracy {row['test_acc']:.3f}{val}, "
             f"lr {row['lr']:.4g}, {row['seconds']:.1f} s, about {duration(row['seconds'] * (epochs - row['epoch']))} to go")
 
@@ -322,7 +344,8 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
         if world > 1: average_buffers(model, world)
         test_acc = correct_under_attack(model, data.x_test, data.y_test, desc='test', progress=False).float().mean().item()
         val = {} if data.y_val is None else {'val_acc': correct_under_attack(model, data.x_val, data.y_val, progress=False).float().mean().item()}
-        rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, 'seconds': round(time.time() - t0, 2)})
+        robust = {'test_pgd_acc': epoch_robust_accuracy(model, data, cfg, device)} if cfg.epoch_pgd_points else {}
+        rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, **robust, 'seconds': round(time.time() - t0, 2)})
         if lines: print(epoch_line(rows[-1], cfg.epochs), flush=True)
         if main and epoch == start and (warning := paper_on_cpu_warning(cfg, device, rows[-1]['seconds'])):
             warnings.warn(warning)
@@ -342,7 +365,8 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     atomic_write(run_dir / 'history.csv', lambda p: history.to_csv(p, index=False))
     metrics = {'dataset': cfg.dataset, 'method': cfg.method, 'head': cfg.head, 'arch': cfg.arch, 'width': cfg.width or DEFAULT_WIDTHS[cfg.arch],
                'scale': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
-               'train_seconds': round(elapsed, 2), 'device': str(device), 'processes': world, 'torch': torch.__version__,
+               'train_seconds': round(elapsed, 2), 'device': str(device),
+               **({'epoch_attack': epoch_attack(cfg, len(data.y_test))} if cfg.epoch_pgd_points else {}), 'processes': world, 'torch': torch.__version__,
                **validation_metrics(model, data, cfg, progress), 'checkpoint_sha256': file_sha256(run_dir / 'checkpoint.pt'),
                'note': "advdpnp's reconstruction of Adv-DPNP; these are our numbers, not the paper's"}
     fig = plot_history(history, f'{cfg.run_name} ({cfg.preset} scale)')

@@ -14,6 +14,7 @@ EXPECTED = {  # artifact -> extensions
     'features': ('csv', 'md', 'tex'), 'prototype_angles': ('csv', 'md', 'tex'), 'prototype_angles_heatmap': ('png', 'pdf'),
     'tsne': ('png', 'pdf'), 'ablation': ('csv', 'md', 'tex'), 'sensitivity': ('csv', 'md', 'tex'),
     'sensitivity_curves': ('png', 'pdf'), 'training_curves': ('png', 'pdf'),
+    'cifar10c_per_corruption': ('png', 'pdf'), 'leaderboard': ('csv', 'md', 'tex'),
 }
 METHODS = ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']
 pytestmark = pytest.mark.slow   # the micro grid trains and evaluates 12 runs: about 3 minutes on 2 cores (make test-slow)
@@ -79,6 +80,11 @@ def test_tables_agree_with_the_run_folders(micro):
         m = read(runs / r['run'] / 'metrics.json')
         assert math.isclose(r['clean'], 100 * m['clean_acc'], abs_tol=1e-9) and r['n_test'] == m['n_test']
         assert read(runs / r['run'] / 'config.json')['alpha'] == (r['value'] if r['param'] == 'alpha' else 5.0)
+    board = pd.read_csv(figures / 'leaderboard.csv')
+    assert len(board) == 9 and set(board['run']) == {p.parent.name for p in runs.glob('*/model_card.json')}
+    for _, part in board.groupby('dataset'):   # sorted by AutoAttack within a dataset
+        assert list(part['AutoAttack']) == sorted(part['AutoAttack'], reverse=True)
+    assert set(board['dataset']) == {'CIFAR-10, JPEG copy', 'digits (scikit-learn, 8x8)'}
 
 
 def test_a_second_pass_skips_every_run(micro):
