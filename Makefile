@@ -9,7 +9,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
 CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
 
-.PHONY: install test test-slow demo lab readme cifar-data cifar-cpu study-cpu paper-cpu check-sync clean
+.PHONY: install test test-slow demo outputs docs lab readme cifar-data cifar-cpu study-cpu paper-cpu check-sync clean
 
 # Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
 $(STAMP): pyproject.toml
@@ -71,6 +71,17 @@ study-cpu: $(STAMP) data/cifar10-jpeg
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
+
+# Re-run the component notebooks in place so that their saved figures and tables match the code (minutes on 2 cores).
+outputs: $(STAMP)
+	cd nbs && for nb in [0-9][0-9]*_*.ipynb; do \
+	  TQDM_DISABLE=1 ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace --log-level ERROR \
+	    --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done
+	$(BIN)/nbdev-clean
+
+# Every notebook rendered to HTML (nbconvert, not executed) into _docs/, with _docs/index.html.
+docs: $(STAMP)
+	$(BIN)/python .ci/docs.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )

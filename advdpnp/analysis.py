@@ -16,7 +16,7 @@ import torch
 from sklearn.manifold import TSNE
 from tqdm import tqdm
 
-from .attacks import eval_mode, model_device, pgd_attack
+from .attacks import ThreatModel, eval_mode, model_device, pgd_attack
 from .data import batch_indices, to_float
 from .evaluate import load_run_test_points
 from .runs import RunLock, atomic_write, write_json
@@ -86,21 +86,21 @@ def angle_summary(angles: np.ndarray) -> dict:
 
 # %% ../nbs/08_analysis.ipynb #03e57d1e
 def analyze_run(run_dir, n_eval: int | None = 500, steps: int = 20, batch_size: int = 256, device: str = 'cpu',
-                progress: bool = True) -> dict:
-    "Feature metrics of a run on clean and PGD inputs, and its class-vector angles; writes features.json/.npz."
+                progress: bool = True, points=None) -> dict:
+    "Feature metrics of a run on clean and PGD inputs (a class-balanced n_eval of its test points, or of `points` already loaded), and its class-vector angles; writes features.json/.npz."
     run_dir = Path(run_dir)
     with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
-        return _analyze_run(run_dir, n_eval, steps, batch_size, device, progress)
+        return _analyze_run(run_dir, n_eval, steps, batch_size, device, progress, points)
 
-def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, progress: bool) -> dict:
-    points = load_run_test_points(run_dir, n_eval, device)
+def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, progress: bool, points=None) -> dict:
+    points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
     model, cfg, images, labels = points
-    attack = lambda m, x, y: pgd_attack(m, x, y, cfg.eps, cfg.eps / 4, steps, random_start=True, loss='ce')
+    attack = ThreatModel(cfg.eps, steps)
     vectors, kind = class_vectors(model)
     protos = vectors if kind == 'prototypes' else None
     k = len(vectors)
     out, arrays = {'run': run_dir.name, 'scale': cfg.preset, 'dataset': cfg.dataset, 'method': cfg.method,
-                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': f'PGD-{steps}', 'classes': list(points.classes), 'metrics': {},
+                   'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': attack.name, 'threat_model': attack.describe(), 'classes': list(points.classes), 'metrics': {},
                    **points.description}, {}
     for name, atk in (('clean', None), ('pgd', attack)):
         f, pred = collect_features(model, images, labels, atk, batch_size, f'{name} features', progress)

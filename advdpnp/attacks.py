@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,9 @@ from tqdm import tqdm
 from .data import batch_indices, to_float
 
 # %% auto #0
-__all__ = ['ATTACK_LOSSES', 'eval_mode', 'margin_loss', 'attack_loss', 'layout_free_noise', 'pgd_attack', 'fgsm_attack',
-           'trades_attack', 'model_device', 'correct_under_attack', 'standard_error', 'binomial_bounds',
-           'paired_difference']
+__all__ = ['ATTACK_LOSSES', 'STEP_FRACTION', 'eval_mode', 'margin_loss', 'attack_loss', 'layout_free_noise', 'pgd_attack',
+           'fgsm_attack', 'ThreatModel', 'trades_attack', 'model_device', 'correct_under_attack', 'standard_error',
+           'binomial_bounds', 'paired_difference']
 
 # %% ../nbs/04_attacks.ipynb #c8905989
 @contextmanager
@@ -68,6 +69,46 @@ def pgd_attack(model, x: torch.Tensor, y: torch.Tensor, eps: float, step: float,
 def fgsm_attack(model, x, y, eps: float) -> torch.Tensor:
     "FGSM: one signed-gradient step of size eps from the clean input."
     return pgd_attack(model, x, y, eps, step=eps, steps=1, random_start=False)
+
+# %% ../nbs/04_attacks.ipynb #3450b0b5
+STEP_FRACTION = 0.25   # default step: eps / 4 (2/255 at eps 8/255, the usual PGD-20 setting)
+
+@dataclass(frozen=True)
+class ThreatModel:
+    "An l-inf attack on [0, 1] inputs, described once: call it as attack(model, x, y); `describe()` is what results record."
+    eps: float
+    steps: int = 20
+    step: float | None = None     # None: STEP_FRACTION * eps
+    loss: str = 'ce'              # one of ATTACK_LOSSES: 'ce' (PGD) or 'margin' (C&W-inf)
+    restarts: int = 1             # random restarts; a point counts as robust only if it survives all of them
+    random_start: bool = True
+
+    def __post_init__(self):
+        problems = []
+        if not (isinstance(self.eps, (int, float)) and 0 <= self.eps <= 1): problems.append(f'eps={self.eps!r} must lie in [0, 1]')
+        if not (isinstance(self.steps, int) and self.steps >= 0): problems.append(f'steps={self.steps!r} must be a non-negative integer')
+        if self.loss not in ATTACK_LOSSES: problems.append(f'loss={self.loss!r}; choose one of {list(ATTACK_LOSSES)}')
+        if not (isinstance(self.restarts, int) and self.restarts >= 1): problems.append(f'restarts={self.restarts!r} must be a positive integer')
+        if problems: raise ValueError('invalid threat model: ' + '; '.join(problems))
+
+    @property
+    def step_size(self) -> float: return STEP_FRACTION * self.eps if self.step is None else self.step
+
+    @property
+    def name(self) -> str: return f"{'PGD' if self.loss == 'ce' else 'C&W-inf'}-{self.steps}"
+
+    def describe(self) -> dict:
+        return {'name': self.name, 'norm': 'Linf', 'eps': self.eps, 'loss': self.loss, 'steps': self.steps,
+                'step': self.step_size, 'random_start': self.random_start, 'restarts': self.restarts}
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        best = pgd_attack(model, x, y, self.eps, self.step_size, self.steps, self.random_start, self.loss)
+        for _ in range(self.restarts - 1):
+            with torch.no_grad(), eval_mode(model): fooled = model(best).argmax(1) != y
+            if fooled.all(): break
+            again = pgd_attack(model, x, y, self.eps, self.step_size, self.steps, self.random_start, self.loss)
+            best = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), best, again)
+        return best
 
 # %% ../nbs/04_attacks.ipynb #23779066
 def trades_attack(model, x: torch.Tensor, eps: float, step: float, steps: int) -> torch.Tensor:

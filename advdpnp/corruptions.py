@@ -163,12 +163,12 @@ def plot_corruptions(result: dict, title: str = ''):
 
 # %% ../nbs/07_corruptions.ipynb #b13878bc
 def evaluate_run_corruptions(run_dir, source: str = 'auto', n_eval: int | None = None, download: bool = False,
-                             batch_size: int = 256, device: str = 'cpu', progress: bool = True) -> dict:
-    "Corruption accuracy of a run folder's model on its test (sub)set; writes results and figure there."
+                             batch_size: int = 256, device: str = 'cpu', progress: bool = True, points=None) -> dict:
+    "Corruption accuracy of a run folder's model on its test (sub)set (or on a class-balanced n_eval of `points` already loaded); writes results and figure there."
     run_dir = Path(run_dir)
     if source not in SOURCES: raise ValueError(f'source={source!r}; choose one of {list(SOURCES)}')
     with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
-        points = load_run_test_points(run_dir, n_eval, device)
+        points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
         model, cfg, images, labels = points
         result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval,
                                       batch_size=batch_size, seed=cfg.seed, progress=progress)

@@ -5,6 +5,7 @@
 # %% ../nbs/06_evaluate.ipynb #832af55d
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import warnings
@@ -16,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .attacks import (
-    binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device, paired_difference, pgd_attack, standard_error)
+from advdpnp.attacks import (
+    ThreatModel, binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device, paired_difference, pgd_attack,
+    standard_error)
 from .data import balanced_subset, batch_indices, load_data, to_float
 from .models import DEFAULT_WIDTHS
 from .runs import RunLock, indices_sha256, load_run, read_json, write_json
 
 # %% auto #0
-__all__ = ['EVAL_ATTACKS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
+__all__ = ['EVAL_ATTACKS', 'EVAL_STEPS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
            'evaluate_robustness', 'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'TestPoints',
            'load_run_test_points', 'auto_batch_size', 'evaluate_run', 'results_table']
 
@@ -44,12 +46,12 @@ def check_count(name: str, value, allow_none: bool = True) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f'{name}={value!r} must be a positive integer' + (' or None (all)' if allow_none else ''))
 
+EVAL_STEPS = {'pgd': 20, 'cw': 30}   # the evaluation's PGD-20 (CE) and C&W-inf-30 (margin loss)
+
 def whitebox_attack(name: str, eps: float, step: float | None = None, steps: int | None = None):
-    "A callable attack(model, x, y) for 'fgsm', 'pgd' (CE, default 20 steps) or 'cw' (margin loss, default 30 steps)."
-    step = eps / 4 if step is None else step
+    "A callable attack(model, x, y) for 'fgsm', or the ThreatModel of 'pgd' (CE, default 20 steps) or 'cw' (margin loss, default 30 steps)."
     if name == 'fgsm': return lambda m, x, y: fgsm_attack(m, x, y, eps)
-    if name == 'pgd': return lambda m, x, y: pgd_attack(m, x, y, eps, step, steps or 20, True, 'ce')
-    if name == 'cw': return lambda m, x, y: pgd_attack(m, x, y, eps, step, steps or 30, True, 'margin')
+    if name in EVAL_STEPS: return ThreatModel(eps, steps or EVAL_STEPS[name], step, 'ce' if name == 'pgd' else 'margin')
     raise ValueError(f"attack={name!r} is not a white-box attack; choose one of ['fgsm', 'pgd', 'cw']")
 
 # %% ../nbs/06_evaluate.ipynb #e53c5dc1
@@ -135,7 +137,6 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
         raise ValueError(f'autoattack_subset must hold distinct positions in [0, {n})')
     ids = list(range(n)) if point_ids is None else list(point_ids)
     if 'autoattack' in attacks and state_path is None: raise ValueError('AutoAttack needs a state_path to be resumable')
-    step = eps / 4 if step is None else step
     torch.manual_seed(seed)
     correct, seconds, extra = {}, {}, {}
     t0 = time.time()
@@ -159,10 +160,9 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
     subset = {'autoattack_positions': aa_pos.tolist()} if len(on) < n else {}
     return {'n': n, 'n_per_attack': sizes, 'eps': eps, 'accuracy': accuracy, 'worst_case': worst.float().mean().item(),
             'standard_errors': {k: standard_error(v, sizes[k]) for k, v in {**accuracy, 'worst_case': worst.float().mean().item()}.items()},
-            'seconds': seconds, 'settings': {'norm': 'Linf', 'fgsm': {'step': eps},
-            'pgd': {'loss': 'ce', 'steps': pgd_steps, 'step': step, 'random_start': True},
-            'cw': {'loss': 'margin', 'steps': cw_steps, 'step': step, 'random_start': True},
-            'autoattack': {'version': 'standard', 'seed': seed}}, **extra,
+            'seconds': seconds, 'settings': {'norm': 'Linf', 'fgsm': {'name': 'FGSM', 'norm': 'Linf', 'eps': eps, 'step': eps},
+            'pgd': whitebox_attack('pgd', eps, step, pgd_steps).describe(), 'cw': whitebox_attack('cw', eps, step, cw_steps).describe(),
+            'autoattack': {'version': 'standard', 'norm': 'Linf', 'eps': eps, 'seed': seed}}, **extra,
             'per_point': {**{k: v.tolist() for k, v in correct.items()}, 'worst_case': worst.tolist(), **subset}}
 
 # %% ../nbs/06_evaluate.ipynb #74d44c7a
@@ -196,15 +196,14 @@ def soundness_report(model, images, labels, eps: float, step: float | None = Non
                      square_queries: int = 1000, n_square: int = 200, autoattack_flags=None, seed: int = 0,
                      progress: bool = True) -> dict:
     "Run the soundness checks (paired, per point, exact bounds at `level`); the measurements, one verdict per check, the overall verdict."
-    step = eps / 4 if step is None else step
     torch.manual_seed(seed)
-    pgd = lambda e, k, loss='ce', s=step: (lambda m, x, y: pgd_attack(m, x, y, e, s, k, True, loss))
+    pgd = lambda e, k, loss='ce', s=step: ThreatModel(e, k, s, loss)
     per_point = lambda attack: correct_under_attack(model, images, labels, attack, batch_size, progress=False)
     bar = tqdm(total=7, desc='soundness', leave=False, disable=not progress)
     n = len(labels)
     clean_ok, eps0_ok = per_point(None), per_point(pgd(0.0, 20)); bar.update()
     eps_grid = [0.0, 0.25 * eps, 0.5 * eps, eps, 2 * eps]
-    by_eps_ok = [per_point(pgd(e, 20, s=e / 4)) for e in eps_grid]; bar.update()
+    by_eps_ok = [per_point(pgd(e, 20, s=None)) for e in eps_grid]; bar.update()
     unbounded_ok = per_point(pgd(1.0, 100, s=0.05)); bar.update()
     step_grid = [10, 20, 50, 100]
     by_steps_ok = {k: per_point(pgd(eps, k)) for k in step_grid}; bar.update()
@@ -242,6 +241,7 @@ def soundness_report(model, images, labels, eps: float, step: float | None = Non
     verdict = 'sound: no sign of gradient masking' if not failed else 'FLAGGED: possible gradient masking or a broken evaluation (' + ', '.join(failed) + ')'
     return {'verdict': verdict, 'flagged': bool(failed), 'checks': checks, 'logit_statistics': stats, 'n': n,
             'level': level, 'tolerances': {'rise': tol, 'margin': margin_tol, 'zero': zero_tol},
+            'threat_model': pgd(eps, 20).describe(),
             'measurements': {'clean': mean(clean_ok), 'eps0': mean(eps0_ok),
                              'by_eps': dict(zip(map(float, eps_grid), map(mean, by_eps_ok))), 'eps_rise': eps_rise,
                              'unbounded': mean(unbounded_ok), 'by_steps': {k: mean(v) for k, v in by_steps_ok.items()},
@@ -293,6 +293,12 @@ class TestPoints:
 
     def __iter__(self): return iter((self.model, self.cfg, self.images, self.labels))   # model, cfg, images, labels = ...
 
+    def subset(self, n: int | None) -> TestPoints:
+        "A class-balanced `n` of these points under the run's seed (all of them if None or n >= their number); nested in n."
+        if n is None or n >= len(self.labels): return self
+        pos = balanced_subset(self.labels, n, self.cfg.seed)
+        return dataclasses.replace(self, images=self.images[pos], labels=self.labels[pos], indices=self.indices[pos])
+
     @property
     def description(self) -> dict:
         "What an artifact records about the points and the model it was computed on."
@@ -321,7 +327,7 @@ def auto_batch_size(model, input_shape, device, fraction: float = 0.6, cap: int 
 
 def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: float | None = None,
                  batch_size: int | str = 256, soundness: bool = True, device: str = 'cpu', progress: bool = True,
-                 n_autoattack: int | None = None) -> dict:
+                 n_autoattack: int | None = None, points: TestPoints | None = None) -> dict:
     "Evaluate a run folder; writes eval.json and model_card.json there and returns the results. batch_size='auto': sized to memory; AutoAttack on a class-balanced `n_autoattack` of the points."
     run_dir, attacks = Path(run_dir), check_attacks(attacks)
     check_count('n_eval', n_eval); check_count('n_autoattack', n_autoattack)
@@ -330,10 +336,12 @@ def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: 
     if batch_size != 'auto': check_count('batch_size', batch_size, allow_none=False)
     if eps is not None and not 0 <= eps <= 1: raise ValueError(f'eps={eps} must lie in [0, 1]')
     with RunLock(run_dir):   # before any work: the folder is writable and no other process trains or evaluates in it
-        return _evaluate_run(run_dir, attacks, n_eval, eps, batch_size, soundness, device, progress, n_autoattack)
+        return _evaluate_run(run_dir, attacks, n_eval, eps, batch_size, soundness, device, progress, n_autoattack, points)
 
-def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bool, device, progress: bool, n_autoattack=None) -> dict:
-    points = load_run_test_points(run_dir, n_eval, device)
+def _evaluate_run(run_dir: Path, attacks, n_eval, eps, batch_size, soundness: bool, device, progress: bool, n_autoattack=None,
+                  points=None) -> dict:
+    # `points` already loaded (evaluate.ipynb loads the model and the points once): a class-balanced n_eval of them
+    points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
     model, cfg, images, labels = points
     n_classes = len(model.head.prototypes()) if model.has_prototypes else model.head.out_features
     if 'autoattack' in attacks and n_classes < 10:

@@ -29,7 +29,7 @@ __all__ = ['LOCK', 'RESUME', 'RESUME_PREV', 'TRAIN_ARTIFACTS', 'EVAL_ARTIFACTS',
            'current_umask', 'atomic_write', 'write_json', 'read_json', 'indices_sha256', 'file_sha256',
            'RunLockedError', 'RunLock', 'CheckpointError', 'load_checkpoint', 'save_checkpoint', 'latest_checkpoint',
            'RunExistsError', 'remove_temporaries', 'clear_run', 'config_differences', 'check_run_dir', 'load_run',
-           'run_status', 'list_runs', 'compare_runs']
+           'run_status', 'list_runs', 'robust_key', 'compare_runs']
 
 # %% ../nbs/04b_runs.ipynb #495e5f41
 def current_umask() -> int:
@@ -296,14 +296,22 @@ def list_runs(out_dir='runs') -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
+def robust_key(metrics: dict, prefix: str = '') -> str:
+    "The key of the PGD accuracy in a metrics.json: the fixed `pgd_acc` (its attack under 'attack'), or `pgd<steps>_acc` of older runs."
+    if f'{prefix}pgd_acc' in metrics: return f'{prefix}pgd_acc'
+    keys = [k for k in metrics if k.startswith(f'{prefix}pgd') and k.endswith('_acc') and k[len(prefix) + 3:-4].isdigit()]
+    if len(keys) != 1: raise KeyError(f'no single PGD accuracy among the metrics keys {sorted(metrics)}')
+    return keys[0]
+
 def compare_runs(run_dirs) -> pd.DataFrame:
     "One row per finished run folder: scale, method, architecture, sizes, clean and PGD accuracy (with n), times."
     rows = []
     for d in run_dirs:
         m = read_json(Path(d) / 'metrics.json', 'metrics file')
-        robust = next(k for k in m if k.startswith('pgd') and k.endswith('_acc'))
+        robust = robust_key(m)
+        name = m['attack']['name'] if isinstance(m.get('attack'), dict) and 'name' in m['attack'] else robust[:-4].upper()
         rows.append({'run': Path(d).name, 'scale': m['scale'], 'dataset': m['dataset'], 'method': m['method'],
                      'arch': f"{m['arch']}(w={m['width']})", 'epochs': m['epochs'], 'n_train': m['n_train'],
                      'n_test': m['n_test'], 'eps': round(m['eps'], 4), 'clean_acc': m['clean_acc'],
-                     robust.replace('_acc', '').upper() + '_acc': m[robust], 'train_s': m['train_seconds']})
+                     f'{name}_acc': m[robust], 'train_s': m['train_seconds']})
     return pd.DataFrame(rows)

@@ -17,8 +17,8 @@ import torch
 from .attacks import standard_error
 from .config import make_config
 from .models import build_model
-from .report import Grid, GridRun
-from .runs import load_run, read_json
+from .grid import Grid, GridRun
+from .runs import load_run, read_json, robust_key
 
 # %% auto #0
 __all__ = ['STUDY_SCALES', 'STUDY_METHODS', 'PEAK_LRS', 'STUDY_BUDGETS', 'HEAD_SETTINGS', 'schedule_recipes', 'schedule_grid',
@@ -130,7 +130,7 @@ def study_results(grid: Grid, drift: bool = True) -> pd.DataFrame:
         if not (d / 'metrics.json').exists(): continue
         m = read_json(d / 'metrics.json', 'metrics file')
         if 'n_val' not in m: raise ValueError(f'{d / "metrics.json"} has no validation metrics: a study run needs val_fraction > 0')
-        pgd = next(k for k in m if k.startswith('val_pgd') and k.endswith('_acc'))
+        pgd = robust_key(m, 'val_')
         row = {**e, 'val clean': 100 * m['val_clean_acc'], 'val clean SE': 100 * standard_error(m['val_clean_acc'], m['n_val']),
                'val PGD': 100 * m[pgd], 'val PGD SE': 100 * standard_error(m[pgd], m['n_val']), 'n_val': m['n_val'],
                'val_indices_sha256': m['validation']['train_indices_sha256'], 'train_seconds': m['train_seconds']}

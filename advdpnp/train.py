@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 from tqdm import tqdm
 
-from .attacks import correct_under_attack, model_device, pgd_attack, standard_error, trades_attack
+from .attacks import ThreatModel, correct_under_attack, model_device, pgd_attack, standard_error, trades_attack
 from .config import METHOD_ATTACKS, RunConfig
 from .data import ImageData, augment, balanced_subset, batch_indices, load_data, to_float
 from .losses import OBJECTIVES
@@ -39,8 +39,8 @@ __all__ = ['ACCURACY_COLUMNS', 'ARTIFACTS', 'resolve_device', 'seed_everything',
            'lr_factor', 'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads',
            'training_examples', 'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state',
            'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'duration', 'epoch_attack', 'epoch_robust_accuracy', 'epoch_line',
-           'paper_on_cpu_warning', 'train']
+           'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack', 'epoch_robust_accuracy',
+           'epoch_line', 'paper_on_cpu_warning', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -111,7 +111,7 @@ def training_examples(model, x, y, cfg: RunConfig):
     kind = METHOD_ATTACKS[cfg.method]
     if kind is None: return None
     if kind == 'kl': return trades_attack(model, x, cfg.eps, cfg.attack_step, cfg.attack_steps)
-    return pgd_attack(model, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps)
+    return ThreatModel(cfg.eps, cfg.attack_steps, cfg.attack_step)(model, x, y)
 
 def average_gradients(model, world: int) -> None:
     "All-reduce the parameter gradients (one flat buffer) and divide by the number of processes."
@@ -235,13 +235,14 @@ def evaluate_metrics(model, data: ImageData, cfg: RunConfig, batch_size: int = 2
     "Clean and PGD accuracy on the test (sub)set with their binomial standard errors, and the settings that produced them."
     t0 = time.time()
     clean = correct_under_attack(model, data.x_test, data.y_test, batch_size=batch_size, desc='clean', progress=progress)
-    attack = lambda m, x, y: pgd_attack(m, x, y, cfg.eps, cfg.eval_step, cfg.eval_steps, random_start=True, loss='ce')
-    robust = correct_under_attack(model, data.x_test, data.y_test, attack, batch_size, f'PGD-{cfg.eval_steps}', progress)
-    n, key = len(data.y_test), f'pgd{cfg.eval_steps}_acc'
-    acc = {'clean_acc': clean.float().mean().item(), key: robust.float().mean().item()}
+    attack = ThreatModel(cfg.eps, cfg.eval_steps, cfg.eval_step)
+    robust = correct_under_attack(model, data.x_test, data.y_test, attack, batch_size, attack.name, progress)
+    n = len(data.y_test)
+    # 'pgd_acc' is the fixed key (its attack beside it); 'pgd<steps>_acc' repeats it for readers of older run folders
+    acc = {'clean_acc': clean.float().mean().item(), 'pgd_acc': robust.float().mean().item()}
+    acc[f'pgd{cfg.eval_steps}_acc'] = acc['pgd_acc']
     return {**acc, 'n_test': n, 'standard_errors': {k: standard_error(v, n) for k, v in acc.items()}, 'eps': cfg.eps,
-            'attack': {'name': 'PGD', 'norm': 'Linf', 'loss': 'ce', 'steps': cfg.eval_steps, 'step': cfg.eval_step,
-                       'random_start': True, 'restarts': 1},
+            'attack': attack.describe(),
             'eval_seconds': round(time.time() - t0, 2)}
 
 def validation_metrics(model, data: ImageData, cfg: RunConfig, progress: bool = True) -> dict:
@@ -260,17 +261,19 @@ def duration(seconds: float) -> str:
         if seconds >= 2 * size: return f'{seconds / size:.1f} {unit}'
     return f'{seconds:.0f} s'
 
+def epoch_threat_model(cfg: RunConfig) -> ThreatModel:
+    "The attack behind the per-epoch robust accuracy: PGD-10, CE loss, step 2.5 eps / 10, one random start."
+    return ThreatModel(cfg.eps, 10, 2.5 * cfg.eps / 10)
+
 def epoch_attack(cfg: RunConfig, n_test: int | None = None) -> dict:
-    "The attack behind the per-epoch robust accuracy: PGD-10, CE loss, step 2.5 eps / 10, one random start; on how many points."
-    return {'name': 'PGD', 'norm': 'Linf', 'loss': 'ce', 'eps': cfg.eps, 'steps': 10, 'step': 2.5 * cfg.eps / 10,
-            'random_start': True, 'restarts': 1,
+    "The description of the per-epoch attack and on how many points it runs."
+    return {**epoch_threat_model(cfg).describe(),
             'points': cfg.epoch_pgd_points if n_test is None else min(cfg.epoch_pgd_points, n_test)}
 
 def epoch_robust_accuracy(model, data: ImageData, cfg: RunConfig, device) -> float:
     "PGD-10 accuracy on a fixed class-balanced `cfg.epoch_pgd_points` of the test points; training's random state is untouched."
     idx = balanced_subset(data.y_test, cfg.epoch_pgd_points, cfg.seed)
-    a = epoch_attack(cfg)
-    attack = lambda m, x, y: pgd_attack(m, x, y, a['eps'], a['step'], a['steps'], random_start=True, loss='ce')
+    attack = epoch_threat_model(cfg)
     with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):   # the next epoch's attacks do not change
         torch.manual_seed(cfg.seed)
         return correct_under_attack(model, data.x_test[idx], data.y_test[idx], attack, desc='epoch PGD', progress=False).float().mean().item()

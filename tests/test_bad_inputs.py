@@ -15,7 +15,7 @@ from advdpnp.config import ConfigError, make_config
 from advdpnp.corruptions import evaluate_run_corruptions
 from advdpnp.data import DatasetNotFoundError, load_data
 from advdpnp.evaluate import evaluate_run
-from advdpnp.report import build_grid
+from advdpnp.grid import build_grid
 from advdpnp.runs import CheckpointError, RunExistsError, load_run
 from advdpnp.train import train
 

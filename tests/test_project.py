@@ -13,7 +13,7 @@ from packaging.specifiers import SpecifierSet
 
 from advdpnp.config import FIELDS
 
-PAPERMILL_NOTEBOOKS = ['train.ipynb', 'evaluate.ipynb', 'paper.ipynb', 'benchmark.ipynb']
+PAPERMILL_NOTEBOOKS = ['train.ipynb', 'evaluate.ipynb', 'paper.ipynb', 'benchmark.ipynb', 'study.ipynb']
 
 
 def test_environment_yml_matches_pyproject(root):
@@ -65,12 +65,34 @@ def test_train_notebook_exposes_every_config_field(root):
     assert params['preset']['default'] == "'paper'"   # the default is what a GPU user runs
 
 
+FIGURE_NOTEBOOKS = ['01_data', '02_models', '03_losses', '04_attacks', '05_train', '06_evaluate', '07_corruptions', '08_analysis']
+MAX_NOTEBOOK_KB = 400
+
+
 def test_notebooks_are_clean_with_python3_kernel(root):
     for path in sorted((root / 'nbs').glob('*.ipynb')):
         nb = json.loads(path.read_text())
         assert nb['metadata']['kernelspec']['name'] == 'python3', path.name
-        for cell in nb['cells']:
-            assert not cell.get('outputs') and cell.get('execution_count') is None, path.name
+        for cell in nb['cells']: assert cell.get('execution_count') is None, path.name
+
+
+def test_run_notebooks_have_no_outputs(root):
+    # papermill entry points are run, not read: their executed copies go to runs/, never into the repository
+    for name in PAPERMILL_NOTEBOOKS + ['index.ipynb']:
+        nb = json.loads((root / 'nbs' / name).read_text())
+        assert not any(cell.get('outputs') for cell in nb['cells']), name
+
+
+def test_component_notebooks_show_a_figure_and_stay_small_and_quiet(root):
+    # a reader opening a component notebook sees its idea without running it: small, deterministic outputs
+    for path in sorted((root / 'nbs').glob('[0-9][0-9]*_*.ipynb')):
+        assert path.stat().st_size <= MAX_NOTEBOOK_KB * 1024, f'{path.name} is {path.stat().st_size // 1024} KB'
+        outputs = [o for c in json.loads(path.read_text())['cells'] for o in c.get('outputs', [])]
+        noisy = [o for o in outputs if o['output_type'] == 'stream' and o.get('name') == 'stderr']
+        assert not noisy, f'{path.name}: progress bars or warnings saved as outputs: {"".join(noisy[0]["text"])[:80]!r}'
+        assert not any(o['output_type'] == 'error' for o in outputs), path.name
+        if path.stem in FIGURE_NOTEBOOKS:
+            assert any('image/png' in o.get('data', {}) for o in outputs), f'{path.name} shows no figure'
 
 
 def test_papermill_notebooks_are_skipped_by_nbdev_test(root):

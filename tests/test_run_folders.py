@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT
 from advdpnp.config import RunConfig, make_config
 from advdpnp.evaluate import evaluate_run
-from advdpnp.report import Grid, GridRun, run_grid
+from advdpnp.grid import Grid, GridRun, run_grid
 from advdpnp.runs import (RESUME, RESUME_PREV, CheckpointError, RunLockedError, file_sha256, load_run)
 import advdpnp.runs as runs
 import advdpnp.train as T
