@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'advdpnp.train.autocast': ('train.html#autocast', 'advdpnp/train.py'),
                                'advdpnp.train.average_buffers': ('train.html#average_buffers', 'advdpnp/train.py'),
                                'advdpnp.train.average_gradients': ('train.html#average_gradients', 'advdpnp/train.py'),
+                               'advdpnp.train.check_finite': ('train.html#check_finite', 'advdpnp/train.py'),
                                'advdpnp.train.configure_threads': ('train.html#configure_threads', 'advdpnp/train.py'),
                                'advdpnp.train.duration': ('train.html#duration', 'advdpnp/train.py'),
                                'advdpnp.train.epoch_attack': ('train.html#epoch_attack', 'advdpnp/train.py'),

@@ -37,10 +37,10 @@ from .runs import (  # run folders; load_run, compare_runs and the errors are re
 # %% auto #0
 __all__ = ['ACCURACY_COLUMNS', 'ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch',
            'lr_factor', 'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads',
-           'training_examples', 'average_gradients', 'train_step', 'train_epoch', 'plot_history', 'get_rng_state',
-           'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack', 'epoch_robust_accuracy',
-           'epoch_line', 'paper_on_cpu_warning', 'train']
+           'training_examples', 'average_gradients', 'train_step', 'check_finite', 'train_epoch', 'plot_history',
+           'get_rng_state', 'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult',
+           'evaluate_metrics', 'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack',
+           'epoch_robust_accuracy', 'epoch_line', 'paper_on_cpu_warning', 'train']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -121,40 +121,50 @@ def average_gradients(model, world: int) -> None:
     flat /= world
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)): g.copy_(synced)
 
-def train_step(model, x, y, cfg: RunConfig, optimizer, world: int = 1, where: str = ''):
-    "One update on the float batch (x, y): attack, objective, backward, (gradient averaging), step; returns (loss, terms)."
+def train_step(model, x, y, cfg: RunConfig, optimizer, world: int = 1):
+    "One update on the float batch (x, y): attack, objective, backward, (gradient averaging), step; returns (loss, terms) as device tensors, without reading them (no host synchronisation)."
     with autocast(cfg, x.device):
         x_adv = training_examples(model, x, y, cfg)
         model.train()
         loss, terms = OBJECTIVES[cfg.method](model, x, y, x_adv, cfg)
-    check = loss.detach().float().clone()
-    if world > 1: torch.distributed.all_reduce(check)   # every process stops together
-    if not torch.isfinite(check):
-        raise FloatingPointError(f'non-finite loss ({check.item()}){where}; terms: { {k: float(v) for k, v in terms.items()} }')
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if world > 1: average_gradients(model, world)
     optimizer.step()
     return loss, terms
 
+def check_finite(loss_sum: torch.Tensor, terms: dict, world: int, where: str) -> None:
+    "Stop on a non-finite loss in the window whose losses `loss_sum` adds up (one host synchronisation; all processes together)."
+    bad = (~torch.isfinite(loss_sum)).float()
+    if world > 1: torch.distributed.all_reduce(bad)   # every process stops together
+    if bad.item():
+        raise FloatingPointError(f'non-finite loss ({loss_sum.item()}){where}; terms of the last step: '
+                                 f'{ {k: float(v) for k, v in terms.items()} }')
+
 def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, epoch: int = 0, progress: bool = True,
-                rank: int = 0, world: int = 1, scheduler=None) -> dict:
-    "One epoch of `cfg.method` (stepping `scheduler` after every batch if given); the mean of each loss term (of this process's slice)."
+                rank: int = 0, world: int = 1, scheduler=None, check_every: int | None = None) -> dict:
+    "One epoch of `cfg.method` (stepping `scheduler` after every batch if given); the mean of each loss term (of this process's slice). Losses are summed on the device and read every `check_every` steps (None: 1 on CPU, 50 on CUDA)."
     device = model_device(model)
-    sums, n_batches = {}, 0
+    every = check_every or (50 if device.type == 'cuda' else 1)
+    sums, n_batches, checked = {}, 0, 0
     batches = batch_indices(len(data.y_train), cfg.batch_size, shuffle=True, generator=generator, drop_last=True)
     bar = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False, disable=not progress or rank != 0)
     for step, idx in enumerate(bar):
         x, y = augment(data.x_train[idx], data.pad, data.flip, generator), data.y_train[idx]
         if world > 1: x, y = x[rank::world], y[rank::world]
         x, y = as_batch(to_float(x.to(device, non_blocking=True)), cfg), y.to(device, non_blocking=True)
-        loss, terms = train_step(model, x, y, cfg, optimizer, world, f' at epoch {epoch + 1}, step {step + 1}')
+        loss, terms = train_step(model, x, y, cfg, optimizer, world)
         if scheduler is not None: scheduler.step()
-        loss = loss.item()
-        for k, v in {'loss': loss, **terms}.items(): sums[k] = sums.get(k, 0.0) + float(v)
+        for k, v in {'loss': loss, **terms}.items():   # summed where they are: no host synchronisation per step
+            v = v.detach().float()
+            sums[k] = sums[k] + v if k in sums else v.clone()
         n_batches += 1
-        bar.set_postfix(loss=f'{loss:.3f}')
-    return {k: v / max(n_batches, 1) for k, v in sums.items()}
+        if n_batches % every == 0 or n_batches == len(batches):
+            steps = f'step {n_batches}' if n_batches == checked + 1 else f'steps {checked + 1}-{n_batches}'
+            check_finite(sums['loss'], terms, world, f' at epoch {epoch + 1}, {steps}')
+            checked = n_batches
+            bar.set_postfix(loss=f"{(sums['loss'] / n_batches).item():.3f}")
+    return {k: (v / max(n_batches, 1)).item() for k, v in sums.items()}
 
 # %% ../nbs/05_train.ipynb #384abcbb
 ACCURACY_COLUMNS = {'test_acc': 'clean, test', 'val_acc': 'clean, validation', 'test_pgd_acc': 'PGD-10, test'}
