@@ -16,7 +16,7 @@ import torch
 from sklearn.manifold import TSNE
 from tqdm import tqdm
 
-from .attacks import ThreatModel, eval_mode, model_device, pgd_attack
+from .attacks import ThreatModel, eval_mode, model_device
 from .data import batch_indices, to_float
 from .evaluate import load_run_test_points
 from .runs import RunLock, atomic_write, write_json

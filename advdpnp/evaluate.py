@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from advdpnp.attacks import (
-    ThreatModel, binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device, paired_difference, pgd_attack,
-    standard_error)
+from .attacks import (ThreatModel, binomial_bounds, correct_under_attack, eval_mode, fgsm_attack, model_device,
+                             paired_difference, pgd_attack, standard_error)
 from .data import balanced_subset, batch_indices, load_data, to_float
 from .models import DEFAULT_WIDTHS
 from .runs import RunLock, indices_sha256, load_run, read_json, write_json

@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 from tqdm import tqdm
 
-from .attacks import ThreatModel, correct_under_attack, model_device, pgd_attack, standard_error, trades_attack
+from .attacks import ThreatModel, correct_under_attack, model_device, standard_error, trades_attack
 from .config import METHOD_ATTACKS, RunConfig
 from .data import ImageData, augment, balanced_subset, batch_indices, load_data, to_float
 from .losses import OBJECTIVES
