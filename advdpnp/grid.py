@@ -85,7 +85,7 @@ SCALE_PLANS = {
     'micro': dict(
         description='micro scale: a pipeline test (tiny data, one epoch); the numbers mean nothing',
         main=[dict(dataset='imagefolder', overrides={'data_dir': '{cifar_dir}', 'n_train': 30, 'n_test': 20, **_MICRO},
-                   eval=_eval(n_eval=20, corruptions='generated', features=True, n_features=20))],
+                   eval=_eval(n_eval=20, soundness=True, corruptions='generated', features=True, n_features=20))],
         preset='smoke', seeds=(0,), cifar='imagefolder',
         study=dict(dataset='digits', overrides={'n_train': 100, 'n_test': 30, **_MICRO}, eval=_eval('pgd,autoattack', n_eval=20)),
         ablations=('full', 'no_consistency', 'single_branch'),

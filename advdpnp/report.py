@@ -24,7 +24,7 @@ from .runs import atomic_write, read_json, robust_key, write_json
 __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'StaleResultError', 'check_fresh',
            'collect_results', 'Artifacts', 'with_errors', 'results_table', 'corruption_tables', 'feature_tables',
            'tsne_figure', 'dataset_label', 'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves',
-           'leaderboard', 'write_artifacts']
+           'robustness_curves', 'plot_robustness_curves', 'leaderboard', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -260,6 +260,33 @@ def plot_training_curves(grid: Grid):
     fig.tight_layout()
     return fig
 
+def robustness_curves(grid: Grid) -> pd.DataFrame | None:
+    "PGD-20 accuracy (%) against eps of every main run whose evaluation ran the soundness report (its eps sweep), with binomial SE."
+    rows = []
+    for e in (e for e in grid.entries if e['group'] == 'main'):
+        ev = _read(grid.run_dir(e['run']) / 'eval.json')
+        if not ev or 'soundness' not in ev: continue
+        s = ev['soundness']
+        for eps, acc in s['measurements']['by_eps'].items():
+            rows.append({'dataset': e['dataset'], 'method': e['method'], 'seed': e['seed'], 'run': e['run'], 'eps': float(eps),
+                         'accuracy': 100 * acc, 'SE': 100 * standard_error(acc, s['n']), 'n': s['n']})
+    return pd.DataFrame(rows) if rows else None
+
+def plot_robustness_curves(curves: pd.DataFrame, title: str = ''):
+    "One panel per dataset: PGD-20 accuracy against eps, one line per method (mean over seeds, ± SE)."
+    datasets = list(dict.fromkeys(curves['dataset']))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.4), squeeze=False)
+    for ax, ds in zip(axes.flat, datasets):
+        d = curves[curves['dataset'] == ds]
+        for m, part in d.groupby('method', sort=False):
+            g = part.groupby('eps')
+            ax.errorbar(g['accuracy'].mean().index, g['accuracy'].mean(), yerr=(g['SE'].apply(lambda v: (v ** 2).mean() ** 0.5)
+                        / g.size() ** 0.5), marker='o', capsize=2, label=m)
+        ax.set(title=f'{dataset_label(ds)}, n = {int(d["n"].min())}', xlabel='eps (l-inf)', ylabel='PGD-20 accuracy (%)', ylim=(0, 100))
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
+    return fig
+
 def leaderboard(grid: Grid) -> pd.DataFrame | None:
     "RobustBench-style table of every evaluated run's model card, sorted by AutoAttack (then worst case) accuracy."
     rows = []
@@ -338,6 +365,10 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
                  f'n = {int(sens["n_test"].min())} test points ({grid.scale} scale)')
         out.figure(plot_sensitivity(sens, title), 'sensitivity_curves', 'Sensitivity curves', sens['run'])
     out.figure(plot_training_curves(grid), 'training_curves', 'Training curves of the main runs', runs_of(results['group'] == 'main'))
+    curves = robustness_curves(grid)
+    if curves is not None:
+        out.figure(plot_robustness_curves(curves, f'Robust accuracy against eps (the soundness report\'s sweep; {grid.scale} scale)'),
+                   'robust_vs_eps', 'PGD-20 accuracy against eps, per method', curves['run'])
     board = leaderboard(grid)
     if board is not None:
         out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
