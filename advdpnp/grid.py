@@ -19,8 +19,8 @@ from .config import METHODS, load_config, make_config
 from .runs import write_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'SCALE_PLANS', 'sweep_overrides', 'GridRun', 'Grid',
-           'merge_eval', 'build_grid', 'GridConflictError', 'run_state', 'repo_root', 'run_grid']
+__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'SCALE_PLANS', 'sweep_overrides', 'GridRun',
+           'Grid', 'merge_eval', 'build_grid', 'GridConflictError', 'run_state', 'repo_root', 'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
 SCALES = ('paper', 'cpu', 'micro')
@@ -59,6 +59,8 @@ _MICRO = dict(arch='small_cnn', width=4, epochs=1, batch_size=8, attack_steps=2,
 # The short-budget recipe: chosen on a validation split by the study (nbs/study.ipynb, paper_figures/study-cpu/recipe.json),
 # the same for every method of the CPU table.
 CPU_RECIPE = dict(schedule='onecycle', lr=0.1, warmup_epochs=4.0)
+# Adv-DPNP's prototype head, chosen by the same study on the same validation split (unit-norm initial directions)
+CPU_HEAD = {'adv_dpnp': dict(proto_init='unit')}
 _CPU_MAIN = dict(data_dir='{cifar_dir}', n_train=10_000, n_test=1000, epochs=10, attack_steps=5, attack_step=2.5 * 8 / 255 / 5,
                  **CPU_RECIPE)
 SCALE_PLANS = {
@@ -77,7 +79,7 @@ SCALE_PLANS = {
                      'corruptions on 1,000 test images, AutoAttack on a class-balanced 500 of them; seeds 0 and 1 for '
                      'PGD-AT and Adv-DPNP); ablations and sweeps of Adv-DPNP on scikit-learn digits (small CNN, eps 0.2, '
                      'attacks on 100 test points); development numbers, not CIFAR-10 results'),
-        main=[dict(dataset='imagefolder', overrides=_CPU_MAIN,
+        main=[dict(dataset='imagefolder', overrides=_CPU_MAIN, method_overrides=CPU_HEAD,
                    eval=_eval(n_eval=1000, n_autoattack=500, corruptions='generated', features=True, n_features=500))],
         preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder',
         study=dict(dataset='digits', overrides={}, eval=_eval('pgd,autoattack', n_eval=100)),
@@ -160,7 +162,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
         for method in methods:
             for seed in (plan.get('method_seeds', {}).get(method, seeds) if seeds_given is None else seeds):
                 add({'group': 'main'}, f"{spec['dataset']}-{method}-s{seed}", spec['dataset'], method, seed,
-                    spec['overrides'], spec['eval'])
+                    {**spec['overrides'], **spec.get('method_overrides', {}).get(method, {})}, spec['eval'])
     study, s0 = plan['study'], seeds[0]
     for variant in plan['ablations']:
         add({'group': 'ablation', 'variant': variant}, f"{study['dataset']}-adv_dpnp-{variant}-s{s0}", study['dataset'],
