@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from .analysis import angle_summary, pairwise_angles
 from .attacks import standard_error
 from .config import make_config
 from .models import build_model
@@ -111,15 +112,10 @@ def prototype_drift(run_dir) -> dict:
     v0 = initial_directions(cfg, tuple(ckpt['input_shape']), len(ckpt['classes']))
     v = model.head.directions.detach()
     moved = _angles_deg(v0, v)
-    k = len(v)
-    pair = torch.rad2deg(torch.arccos((torch.nn.functional.normalize(v.double(), dim=1) @
-                                       torch.nn.functional.normalize(v.double(), dim=1).T).clamp(-1, 1)))
-    off = pair[~torch.eye(k, dtype=torch.bool)]
-    pair0 = torch.nn.functional.normalize(v0.double(), dim=1)
-    off0 = torch.rad2deg(torch.arccos((pair0 @ pair0.T).clamp(-1, 1)))[~torch.eye(k, dtype=torch.bool)]
+    final, initial = angle_summary(pairwise_angles(v)), angle_summary(pairwise_angles(v0))   # 08_analysis
     return {'drift_mean_deg': moved.mean().item(), 'drift_max_deg': moved.max().item(),
-            'angle_mean_deg': off.mean().item(), 'angle_min_deg': off.min().item(),
-            'initial_angle_mean_deg': off0.mean().item(), 'simplex_deg': math.degrees(math.acos(-1 / (k - 1)))}
+            'angle_mean_deg': final['angle_mean'], 'angle_min_deg': final['angle_min'],
+            'initial_angle_mean_deg': initial['angle_mean'], 'simplex_deg': final['simplex_angle']}
 
 # %% ../nbs/09b_study.ipynb #22a20f39
 def study_results(grid: Grid, drift: bool = True) -> pd.DataFrame:
