@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,18 +14,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+import torch
 
-from .analysis import plot_angles, plot_tsne, tsne_frame
+from .analysis import angle_summary, feature_metrics, pairwise_angles, plot_angles, plot_tsne, tsne_frame
 from .attacks import standard_error
 from .config import load_config
 from .grid import Grid
 from .runs import atomic_write, read_json, robust_key, write_json
 
 # %% auto #0
-__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'StaleResultError', 'check_fresh',
-           'collect_results', 'Artifacts', 'with_errors', 'results_table', 'corruption_tables', 'feature_tables',
-           'tsne_figure', 'dataset_label', 'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves',
-           'robustness_curves', 'plot_robustness_curves', 'leaderboard', 'write_artifacts']
+__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'Z95', 'DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED',
+           'UNRESOLVED', 'NO_DATA', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts', 'with_errors',
+           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
+           'plot_sensitivity', 'plot_training_curves', 'robustness_curves', 'plot_robustness_curves', 'leaderboard',
+           'bootstrap_ratio', 'random_simplex_gap', 'claim_inputs', 'claim_verdicts', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -163,15 +166,17 @@ def corruption_tables(grid: Grid):
     "Per-method CIFAR-10-C summary (percent), the long per-(corruption, severity) frame, and the source note."
     summary, long, notes = [], [], set()
     for e in (e for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar):
-        c = _read(grid.run_dir(e['run']) / 'corruptions.json')
+        d = grid.run_dir(e['run'])
+        c = check_fresh(_read(d / 'corruptions.json'), _read(d / 'metrics.json') or {}, d / 'corruptions.json')
         if c is None: continue
         notes.add(f"{c['source']}: {c['note']}")
         summary.append({'method': e['method'], 'seed': e['seed'], 'mean': 100 * c['mean_accuracy'],
+                        'mean SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']])),
                         **{f'severity {s}': 100 * v for s, v in c['per_severity'].items()}})
         long += [{'method': e['method'], 'seed': e['seed'], **r, 'accuracy': 100 * r['accuracy']} for r in c['table']]
     if not summary: return None, None, None
     summary = pd.DataFrame(summary)
-    cols = [c for c in summary.columns if c not in ('method', 'seed')]
+    cols = [c for c in summary.columns if c not in ('method', 'seed') and not c.endswith(' SE')]
     return _mean_std(summary, 'method', cols), pd.DataFrame(long), '; '.join(sorted(notes))
 
 def feature_tables(grid: Grid):
@@ -179,7 +184,8 @@ def feature_tables(grid: Grid):
     rows, angles, matrices = [], [], {}
     seed0 = min(e['seed'] for e in grid.entries if e['group'] == 'main')
     for e in (e for e in grid.entries if e['group'] == 'main' and e['seed'] == seed0):
-        f = _read(grid.run_dir(e['run']) / 'features.json')
+        d = grid.run_dir(e['run'])
+        f = check_fresh(_read(d / 'features.json'), _read(d / 'metrics.json') or {}, d / 'features.json')
         if f is None: continue
         for inp, m in f['metrics'].items():
             rows.append({'dataset': e['dataset'], 'method': e['method'], 'input': 'clean' if inp == 'clean' else f['attack'],
@@ -304,6 +310,110 @@ def leaderboard(grid: Grid) -> pd.DataFrame | None:
     out = pd.DataFrame(rows).sort_values(['dataset', 'AutoAttack', 'worst case'], ascending=[True, False, False], na_position='last')
     return out.astype({'n_autoattack': 'Int64'}).reset_index(drop=True)
 
+# %% ../nbs/09_report.ipynb #20fb5061
+Z95 = 1.959963984540054
+DEFENCES = ('pgd_at', 'trades', 'mart')
+SUPPORTED, NOT_SUPPORTED, UNRESOLVED, NO_DATA = 'supported', 'not supported', 'not resolvable at this scale', 'no data'
+
+def bootstrap_ratio(features: np.ndarray, labels: np.ndarray, num_classes: int, draws: int = 200, seed: int = 0) -> tuple:
+    "The intra/inter ratio of `features` and its bootstrap standard error (points resampled with replacement)."
+    f, y = torch.as_tensor(np.asarray(features)), torch.as_tensor(np.asarray(labels))
+    rng = np.random.default_rng(seed)
+    ratio = lambda i: feature_metrics(f[i], y[i], num_classes)['intra_inter_ratio']
+    boots = [ratio(torch.as_tensor(rng.integers(0, len(y), len(y)))) for _ in range(draws)]
+    return ratio(torch.arange(len(y))), float(np.std(boots, ddof=1))
+
+def random_simplex_gap(num_classes: int, dim: int, draws: int = 200, seed: int = 0) -> float:
+    "Expected mean absolute gap (degrees) to the simplex angle of `num_classes` random directions in `dim` dimensions."
+    rng = np.random.default_rng(seed)
+    gap = lambda v: angle_summary(pairwise_angles(torch.as_tensor(v)))['mean_abs_gap_to_simplex']
+    return float(np.mean([gap(rng.standard_normal((num_classes, dim))) for _ in range(draws)]))
+
+def claim_inputs(grid: Grid, draws: int = 200) -> pd.DataFrame:
+    "Per method (mean over seeds, with SE) of the main runs on the CIFAR dataset: what `claim_verdicts` compares."
+    results = collect_results(grid)
+    rows = []
+    for _, r in results[(results['group'] == 'main') & (results['dataset'] == grid.cifar)].iterrows():
+        d, row = grid.run_dir(r['run']), {'method': r['method'], 'seed': r['seed']}
+        metrics = _read(d / 'metrics.json')
+        for col, n in (('clean', 'n_eval'), ('AutoAttack', 'n_autoattack')):
+            if pd.notna(r.get(col, np.nan)): row.update({col: r[col], f'{col} SE': r[f'{col} SE'], f'n {col}': r[n]})
+        c = check_fresh(_read(d / 'corruptions.json'), metrics, d / 'corruptions.json')
+        if c is not None:
+            row.update({'corruptions': 100 * c['mean_accuracy'], 'n corruptions': c['table'][0]['n'],
+                        'corruptions SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']]))})
+        f = check_fresh(_read(d / 'features.json'), metrics, d / 'features.json')
+        if f is not None:
+            z, k = np.load(d / 'features.npz'), len(f['angles'])
+            for inp in ('clean', 'pgd'):
+                row[f'ratio {inp}'], row[f'ratio {inp} SE'] = bootstrap_ratio(z[f'{inp}_features'], z['labels'], k, draws)
+            row.update({'n ratio clean': len(z['labels']), 'n ratio pgd': len(z['labels']), 'gap': f['mean_abs_gap_to_simplex'],
+                        'random gap': random_simplex_gap(k, z['clean_features'].shape[1], draws), 'class vectors': f['class_vectors']})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty: return frame
+    cols = [c for c in frame.columns if c not in ('method', 'seed', 'class vectors') and not c.endswith(' SE') and not c.startswith('n ')]
+    out = _mean_std(frame, 'method', cols)
+    for c in [c for c in frame.columns if c.startswith('n ') or c == 'class vectors']:
+        out[c] = frame.groupby('method', sort=False)[c].first()
+    return out
+
+def _diff(a: pd.Series, b: pd.Series, col: str, z: float = Z95) -> dict:
+    "Difference of `col` between two methods' rows with its 95 % interval (SE 0 where a row has none)."
+    se = math.hypot(*(float(s.get(f'{col} SE', 0.0)) if pd.notna(s.get(f'{col} SE', 0.0)) else 0.0 for s in (a, b)))
+    d = float(a[col] - b[col])
+    return {'difference': d, 'low': d - z * se, 'high': d + z * se}
+
+def _overall(verdicts: list) -> str:
+    if not verdicts: return NO_DATA
+    if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
+    return SUPPORTED if all(v == SUPPORTED for v in verdicts) else UNRESOLVED
+
+def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, z: float = Z95) -> pd.DataFrame:
+    "One row per comparison and one overall row per claim: difference, 95 % interval, n, verdict (rules above)."
+    rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
+    a = inputs.loc[method] if method in inputs.index else None
+    def add(claim, other, stat, col, verdict, higher_is_better=True, **d):
+        value = a.get(col) if a is not None else np.nan
+        rows.append({'claim': claim, 'comparison': f'{method} vs {other}', 'statistic': stat, method: value,
+                     'other': inputs.loc[other, col] if other in inputs.index and col in inputs else np.nan,
+                     **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
+    claims = {'1 clean accuracy at comparable AutoAttack': [], '2 best mean corruption accuracy': [],
+              '3 compactness and separation': [], '4 prototypes near the simplex': []}
+    for o in (o for o in against if o in inputs.index and a is not None):
+        c1 = '1 clean accuracy at comparable AutoAttack'
+        if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
+            dc, da = _diff(a, inputs.loc[o], 'clean', z), _diff(a, inputs.loc[o], 'AutoAttack', z)
+            v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
+            add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
+            claims[c1].append(v)
+        c2 = '2 best mean corruption accuracy'
+        if has(method, 'corruptions') and has(o, 'corruptions'):
+            d = _diff(a, inputs.loc[o], 'corruptions', z)
+            v = SUPPORTED if d['low'] > 0 else NOT_SUPPORTED if d['high'] < 0 else UNRESOLVED
+            add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2].append(v)
+        c3 = '3 compactness and separation'
+        if has(method, 'ratio clean', 'ratio pgd') and has(o, 'ratio clean', 'ratio pgd'):
+            ds = [_diff(a, inputs.loc[o], f'ratio {i}', z) for i in ('clean', 'pgd')]
+            v = (NOT_SUPPORTED if any(d['low'] > 0 for d in ds) else SUPPORTED if all(d['high'] < 0 for d in ds) else UNRESOLVED)
+            for (i, label), d in zip((('clean', 'clean'), ('pgd', 'PGD-20')), ds):
+                add(c3, o, f'intra/inter ratio, {label} features (lower: better)', f'ratio {i}', v, **d)
+            claims[c3].append(v)
+    c4 = '4 prototypes near the simplex'
+    if a is not None and has(method, 'gap', 'random gap'):
+        se = float(a['gap SE']) if pd.notna(a.get('gap SE', np.nan)) else 0.0
+        d = float(a['gap'] - a['random gap'] / 2)
+        v = SUPPORTED if d + z * se < 0 else NOT_SUPPORTED if d - z * se > 0 else UNRESOLVED
+        one = '' if pd.notna(a.get('gap SE', np.nan)) else ', one seed: no interval'
+        rows.append({'claim': c4, 'comparison': f'{method} vs half of random directions ({a["random gap"]:.1f}°)',
+                     'statistic': f'mean |angle - simplex angle| (degrees){one}', method: a['gap'], 'other': a['random gap'] / 2,
+                     'difference': d, 'low': d - z * se, 'high': d + z * se, 'n': a['seeds'], 'verdict': v})
+        claims[c4].append(v)
+    for claim, vs in claims.items():
+        rows.append({'claim': claim, 'comparison': 'overall', 'statistic': f'{len(vs)} comparison(s)', 'verdict': _overall(vs)})
+    out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
+    return out.rename(columns={method: f'{method} (mean over seeds)'})
+
 # %% ../nbs/09_report.ipynb #63851253
 def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None) -> dict:
     "Every table and figure of the grid's results into `folder`, plus manifest.json; returns the artifact list."
@@ -372,5 +482,10 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
     board = leaderboard(grid)
     if board is not None:
         out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
+    inputs = claim_inputs(grid)
+    if 'adv_dpnp' in inputs.index:
+        runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
+        out.table(claim_verdicts(inputs), 'claims', f"The paper's four claims on {dataset_label(grid.cifar)}: Adv-DPNP against "
+                  f"{', '.join(DEFENCES)}; difference with its 95 % interval, verdict by the rules of 09_report", runs, index=False)
     out.write_manifest(parameters or {}, root)
     return out.manifest

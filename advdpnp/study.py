@@ -5,7 +5,6 @@ r"""Which learning-rate schedule and peak learning rate a short training budget 
 # %% ../nbs/09b_study.ipynb #f73aa393
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt

@@ -15,7 +15,7 @@ EXPECTED = {  # artifact -> extensions
     'tsne': ('png', 'pdf'), 'ablation': ('csv', 'md', 'tex'), 'sensitivity': ('csv', 'md', 'tex'),
     'sensitivity_curves': ('png', 'pdf'), 'training_curves': ('png', 'pdf'),
     'cifar10c_per_corruption': ('png', 'pdf'), 'leaderboard': ('csv', 'md', 'tex'),
-    'robust_vs_eps': ('png', 'pdf'),
+    'robust_vs_eps': ('png', 'pdf'), 'claims': ('csv', 'md', 'tex'),
 }
 METHODS = ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']
 pytestmark = pytest.mark.slow   # the micro grid trains and evaluates 12 runs: about 3 minutes on 2 cores (make test-slow)
@@ -86,6 +86,12 @@ def test_tables_agree_with_the_run_folders(micro):
     for _, part in board.groupby('dataset'):   # sorted by AutoAttack within a dataset
         assert list(part['AutoAttack']) == sorted(part['AutoAttack'], reverse=True)
     assert set(board['dataset']) == {'CIFAR-10, JPEG copy', 'digits (scikit-learn, 8x8)'}
+    claims = pd.read_csv(figures / 'claims.csv')
+    overall = claims[claims['comparison'] == 'overall']
+    assert len(overall) == 4 and set(claims['verdict']) <= {'supported', 'not supported', 'not resolvable at this scale'}
+    clean = claims[(claims['comparison'] == 'adv_dpnp vs pgd_at') & (claims['statistic'] == 'clean accuracy (%)')].iloc[0]
+    assert math.isclose(clean['difference'], results.loc['adv_dpnp', 'clean'] - results.loc['pgd_at', 'clean'], abs_tol=1e-9)
+    assert clean['low'] <= clean['difference'] <= clean['high']
 
 
 def test_a_second_pass_skips_every_run(micro):
