@@ -154,6 +154,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'advdpnp.grid.repo_root': ('grid.html#repo_root', 'advdpnp/grid.py'),
                               'advdpnp.grid.run_grid': ('grid.html#run_grid', 'advdpnp/grid.py'),
                               'advdpnp.grid.run_state': ('grid.html#run_state', 'advdpnp/grid.py'),
+                              'advdpnp.grid.select_parts': ('grid.html#select_parts', 'advdpnp/grid.py'),
                               'advdpnp.grid.sweep_overrides': ('grid.html#sweep_overrides', 'advdpnp/grid.py')},
             'advdpnp.losses': { 'advdpnp.losses.adv_dpnp_objective': ('losses.html#adv_dpnp_objective', 'advdpnp/losses.py'),
                                 'advdpnp.losses.adv_features': ('losses.html#adv_features', 'advdpnp/losses.py'),

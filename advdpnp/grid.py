@@ -19,8 +19,9 @@ from .config import METHODS, load_config, make_config
 from .runs import write_json
 
 # %% auto #0
-__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'SCALE_PLANS', 'sweep_overrides', 'GridRun',
-           'Grid', 'merge_eval', 'build_grid', 'GridConflictError', 'run_state', 'repo_root', 'run_grid']
+__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'SCALE_PLANS', 'PARTS', 'sweep_overrides',
+           'GridRun', 'Grid', 'merge_eval', 'build_grid', 'select_parts', 'GridConflictError', 'run_state', 'repo_root',
+           'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
 SCALES = ('paper', 'cpu', 'micro')
@@ -172,6 +173,19 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
             add({'group': 'sweep', 'param': param, 'value': value}, f"{study['dataset']}-adv_dpnp-{param}={value}-s{s0}",
                 study['dataset'], 'adv_dpnp', s0, {**study['overrides'], **sweep_overrides(param, value)}, None)
     return grid
+
+# %% ../nbs/09a_grid.ipynb #50ce4ae2
+PARTS = ('main', 'ablation', 'sweep')
+
+def select_parts(grid: Grid, parts=None) -> Grid:
+    "The part of `grid` whose entries belong to `parts` (main, ablation, sweep; a list or 'a,b'; None: all), with only their runs."
+    if parts is None: return grid
+    if isinstance(parts, str): parts = [p.strip() for p in parts.split(',') if p.strip()]
+    if not isinstance(parts, (list, tuple)) or not parts or any(p not in PARTS for p in parts):
+        raise ValueError(f'parts={parts!r} is not valid; choose a non-empty list from {list(PARTS)} (or None: all)')
+    entries = [e for e in grid.entries if e['group'] in parts]
+    names = {e['run'] for e in entries}
+    return Grid(grid.scale, grid.description, grid.out_dir, grid.cifar, {n: r for n, r in grid.runs.items() if n in names}, entries)
 
 # %% ../nbs/09a_grid.ipynb #132340a4
 class GridConflictError(RuntimeError):

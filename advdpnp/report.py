@@ -95,7 +95,8 @@ class Artifacts:
         heading = f'{title}\n\nScale: {self.grid.description}. advdpnp numbers, not the paper\'s.'
         atomic_write(self.folder / f'{stem}.csv', lambda p: df.to_csv(p, index=index))
         shown = with_errors(df)
-        md = f'### {heading}\n\n{shown.to_markdown(index=index, floatfmt=".2f")}\n' + (f'\n{extra}\n' if extra else '')
+        blank = shown.astype(object).where(shown.notna(), None)   # missing cells print empty, not 'nan'
+        md = f'### {heading}\n\n{blank.to_markdown(index=index, floatfmt=".2f", missingval="")}\n' + (f'\n{extra}\n' if extra else '')
         atomic_write(self.folder / f'{stem}.md', lambda p: Path(p).write_text(md))
         tex = shown.to_latex(index=index, float_format='%.2f', na_rep='--', caption=heading.replace('\n\n', ' '),
                           label=f'tab:{stem}', escape=True)
@@ -222,6 +223,7 @@ def dataset_label(dataset: str) -> str:
 def sensitivity_frame(results: pd.DataFrame) -> pd.DataFrame:
     "param, value, run, clean and PGD accuracy (percent, with binomial SE) and n_test of every sweep point."
     s = results[results['group'] == 'sweep']
+    if s.empty: return pd.DataFrame()
     out = s[['param', 'value', 'run', 'train_clean', 'train_pgd', 'n_test']].rename(columns={'train_clean': 'clean', 'train_pgd': 'PGD'})
     for c in ('clean', 'PGD'):
         out.insert(out.columns.get_loc(c) + 1, f'{c} SE', [100 * standard_error(v / 100, n) for v, n in zip(out[c], out['n_test'])])
@@ -406,7 +408,7 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
         v = SUPPORTED if d + z * se < 0 else NOT_SUPPORTED if d - z * se > 0 else UNRESOLVED
         one = '' if pd.notna(a.get('gap SE', np.nan)) else ', one seed: no interval'
         rows.append({'claim': c4, 'comparison': f'{method} vs half of random directions ({a["random gap"]:.1f}°)',
-                     'statistic': f'mean |angle - simplex angle| (degrees){one}', method: a['gap'], 'other': a['random gap'] / 2,
+                     'statistic': f'mean absolute gap of the pairwise angles to the simplex angle (degrees){one}', method: a['gap'], 'other': a['random gap'] / 2,
                      'difference': d, 'low': d - z * se, 'high': d + z * se, 'n': a['seeds'], 'verdict': v})
         claims[c4].append(v)
     for claim, vs in claims.items():
