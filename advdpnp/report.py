@@ -131,15 +131,16 @@ def _portable(obj, root):
 
 # %% ../nbs/09_report.ipynb #cd2bdff9
 def _mean_std(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
-    "Mean over seeds and a standard error per column: from the binomial errors `<col> SE` and the seeds' spread."
+    "Mean over seeds and a standard error per column: SE² = mean of the runs' `<col> SE`² (shared) + seeds' variance / seeds."
     g = frame.groupby(by, sort=False)
     mean, var, k = g[cols].mean(), g[cols].var(ddof=1).fillna(0.0), g.size()
     out = mean.copy()
     for c in cols:
-        if f'{c} SE' in frame: binom = (frame[f'{c} SE'] ** 2).groupby(frame[by], sort=False).mean()
-        elif (k > 1).any(): binom = var[c] * 0
+        if f'{c} SE' in frame: shared = (frame[f'{c} SE'] ** 2).groupby(frame[by], sort=False).mean()
+        elif (k > 1).any(): shared = var[c] * 0
         else: continue
-        out[f'{c} SE'] = (np.maximum(var[c], binom) / k) ** 0.5
+        se = (shared + var[c] / k) ** 0.5   # the seeds see the same test points: that part of the error does not shrink
+        out[f'{c} SE'] = se if f'{c} SE' in frame else se.where(k > 1)   # one seed, no per-run error: unknown, not 0
     out['seeds'] = k.astype(int)
     return out
 
@@ -173,7 +174,9 @@ def corruption_tables(grid: Grid):
         notes.add(f"{c['source']}: {c['note']}")
         summary.append({'method': e['method'], 'seed': e['seed'], 'mean': 100 * c['mean_accuracy'],
                         'mean SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']])),
-                        **{f'severity {s}': 100 * v for s, v in c['per_severity'].items()}})
+                        **{f'severity {s}': 100 * v for s, v in c['per_severity'].items()},
+                        **{f'severity {s} SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']
+                                                                    if str(t['severity']) == str(s)])) for s in c['per_severity']}})
         long += [{'method': e['method'], 'seed': e['seed'], **r, 'accuracy': 100 * r['accuracy']} for r in c['table']]
     if not summary: return None, None, None
     summary = pd.DataFrame(summary)
