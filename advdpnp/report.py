@@ -369,10 +369,11 @@ def _diff(a: pd.Series, b: pd.Series, col: str, z: float = Z95) -> dict:
     d = float(a[col] - b[col])
     return {'difference': d, 'low': d - z * se, 'high': d + z * se}
 
-def _overall(verdicts: list) -> str:
+def _overall(verdicts: list, expected: int) -> str:
+    "A contradiction decides; support needs every expected comparison (a missing defence leaves the claim open)."
     if not verdicts: return NO_DATA
     if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
-    return SUPPORTED if all(v == SUPPORTED for v in verdicts) else UNRESOLVED
+    return SUPPORTED if len(verdicts) == expected and all(v == SUPPORTED for v in verdicts) else UNRESOLVED
 
 def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, z: float = Z95) -> pd.DataFrame:
     "One row per comparison and one overall row per claim: difference, 95 % interval, n, verdict (rules above)."
@@ -415,7 +416,10 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
                      'difference': d, 'low': d - z * se, 'high': d + z * se, 'n': a['seeds'], 'verdict': v})
         claims[c4].append(v)
     for claim, vs in claims.items():
-        rows.append({'claim': claim, 'comparison': 'overall', 'statistic': f'{len(vs)} comparison(s)', 'verdict': _overall(vs)})
+        expected = 1 if claim == c4 else len(against)
+        missing = '' if len(vs) == expected or claim == c4 else f"; missing: {', '.join(o for o in against if not any(r['comparison'] == f'{method} vs {o}' and r['claim'] == claim for r in rows))}"
+        rows.append({'claim': claim, 'comparison': 'overall', 'statistic': f'{len(vs)} of {expected} comparison(s){missing}',
+                     'verdict': _overall(vs, expected)})
     out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
     return out.rename(columns={method: f'{method} (mean over seeds)'})
 
