@@ -265,6 +265,7 @@ def plot_training_curves(grid: Grid):
         for i, (ax, (col, label)) in enumerate(zip(row, panels)):
             sns.lineplot(d, x='epoch', y=col, hue='method', marker='o', errorbar='se', ax=ax, legend=i == 0)
             ax.set(title=f'{dataset_label(ds)}: {label}', ylabel=label)
+            ax.title.set_fontsize(9)
             if col != 'objective': ax.set_ylim(0, 100)
             ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     fig.suptitle(f'{grid.description[:120]}…' if len(grid.description) > 120 else grid.description, fontsize=8)
