@@ -24,10 +24,11 @@ from .runs import atomic_write, read_json, robust_key, write_json
 
 # %% auto #0
 __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'Z95', 'DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED',
-           'UNRESOLVED', 'NO_DATA', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts', 'with_errors',
-           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
-           'plot_sensitivity', 'plot_training_curves', 'robustness_curves', 'plot_robustness_curves', 'leaderboard',
-           'bootstrap_ratio', 'random_simplex_gap', 'claim_inputs', 'claim_verdicts', 'write_artifacts']
+           'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts',
+           'with_errors', 'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label',
+           'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves', 'robustness_curves',
+           'plot_robustness_curves', 'leaderboard', 'bootstrap_ratio', 'random_simplex_gap', 'claim_inputs',
+           'claim_verdicts', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -320,6 +321,8 @@ def leaderboard(grid: Grid) -> pd.DataFrame | None:
 Z95 = 1.959963984540054
 DEFENCES = ('pgd_at', 'trades', 'mart')
 SUPPORTED, NOT_SUPPORTED, UNRESOLVED, NO_DATA = 'supported', 'not supported', 'not resolvable at this scale', 'no data'
+CLAIMS = ('1 clean accuracy at comparable AutoAttack', '2 best mean corruption accuracy', '3 compactness and separation',
+          '4 prototypes near the simplex')
 
 def bootstrap_ratio(features: np.ndarray, labels: np.ndarray, num_classes: int, draws: int = 200, seed: int = 0) -> tuple:
     "The intra/inter ratio of `features` and its bootstrap standard error (points resampled with replacement)."
@@ -380,33 +383,29 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
     "One row per comparison and one overall row per claim: difference, 95 % interval, n, verdict (rules above)."
     rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
     a = inputs.loc[method] if method in inputs.index else None
-    def add(claim, other, stat, col, verdict, higher_is_better=True, **d):
+    def add(claim, other, stat, col, verdict, **d):
         value = a.get(col) if a is not None else np.nan
         rows.append({'claim': claim, 'comparison': f'{method} vs {other}', 'statistic': stat, method: value,
                      'other': inputs.loc[other, col] if other in inputs.index and col in inputs else np.nan,
                      **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
-    claims = {'1 clean accuracy at comparable AutoAttack': [], '2 best mean corruption accuracy': [],
-              '3 compactness and separation': [], '4 prototypes near the simplex': []}
+    c1, c2, c3, c4 = CLAIMS
+    claims = {c: [] for c in CLAIMS}
     for o in (o for o in against if o in inputs.index and a is not None):
-        c1 = '1 clean accuracy at comparable AutoAttack'
         if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
             dc, da = _diff(a, inputs.loc[o], 'clean', z), _diff(a, inputs.loc[o], 'AutoAttack', z)
             v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
             add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
             claims[c1].append(v)
-        c2 = '2 best mean corruption accuracy'
         if has(method, 'corruptions') and has(o, 'corruptions'):
             d = _diff(a, inputs.loc[o], 'corruptions', z)
             v = SUPPORTED if d['low'] > 0 else NOT_SUPPORTED if d['high'] < 0 else UNRESOLVED
             add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2].append(v)
-        c3 = '3 compactness and separation'
         if has(method, 'ratio clean', 'ratio pgd') and has(o, 'ratio clean', 'ratio pgd'):
             ds = [_diff(a, inputs.loc[o], f'ratio {i}', z) for i in ('clean', 'pgd')]
             v = (NOT_SUPPORTED if any(d['low'] > 0 for d in ds) else SUPPORTED if all(d['high'] < 0 for d in ds) else UNRESOLVED)
             for (i, label), d in zip((('clean', 'clean'), ('pgd', 'PGD-20')), ds):
                 add(c3, o, f'intra/inter ratio, {label} features (lower: better)', f'ratio {i}', v, **d)
             claims[c3].append(v)
-    c4 = '4 prototypes near the simplex'
     if a is not None and has(method, 'gap', 'random gap'):
         se = float(a['gap SE']) if pd.notna(a.get('gap SE', np.nan)) else 0.0
         d = float(a['gap'] - a['random gap'] / 2)
