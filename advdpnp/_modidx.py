@@ -204,6 +204,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'advdpnp.report.Artifacts.table': ('report.html#artifacts.table', 'advdpnp/report.py'),
                                 'advdpnp.report.Artifacts.write_manifest': ('report.html#artifacts.write_manifest', 'advdpnp/report.py'),
                                 'advdpnp.report.StaleResultError': ('report.html#staleresulterror', 'advdpnp/report.py'),
+                                'advdpnp.report._corruption_se': ('report.html#_corruption_se', 'advdpnp/report.py'),
                                 'advdpnp.report._diff': ('report.html#_diff', 'advdpnp/report.py'),
                                 'advdpnp.report._mean_std': ('report.html#_mean_std', 'advdpnp/report.py'),
                                 'advdpnp.report._overall': ('report.html#_overall', 'advdpnp/report.py'),

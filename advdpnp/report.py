@@ -165,6 +165,10 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return out
 
 # %% ../nbs/09_report.ipynb #600925f3
+def _corruption_se(table: list, severity=None) -> float:
+    "SE bound (percent) of a mean over (corruption, severity) pairs: the mean of their binomial errors (perfectly correlated pairs)."
+    return 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in table if severity is None or str(t['severity']) == str(severity)]))
+
 def corruption_tables(grid: Grid):
     "Per-method CIFAR-10-C summary (percent), the long per-(corruption, severity) frame, and the source note."
     summary, long, notes = [], [], set()
@@ -174,10 +178,8 @@ def corruption_tables(grid: Grid):
         if c is None: continue
         notes.add(f"{c['source']}: {c['note']}")
         summary.append({'method': e['method'], 'seed': e['seed'], 'mean': 100 * c['mean_accuracy'],
-                        'mean SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']])),
-                        **{f'severity {s}': 100 * v for s, v in c['per_severity'].items()},
-                        **{f'severity {s} SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']
-                                                                    if str(t['severity']) == str(s)])) for s in c['per_severity']}})
+                        'mean SE': _corruption_se(c['table']), **{f'severity {s}': 100 * v for s, v in c['per_severity'].items()},
+                        **{f'severity {s} SE': _corruption_se(c['table'], s) for s in c['per_severity']}})
         long += [{'method': e['method'], 'seed': e['seed'], **r, 'accuracy': 100 * r['accuracy']} for r in c['table']]
     if not summary: return None, None, None
     summary = pd.DataFrame(summary)
@@ -350,7 +352,7 @@ def claim_inputs(grid: Grid, draws: int = 200) -> pd.DataFrame:
         c = check_fresh(_read(d / 'corruptions.json'), metrics, d / 'corruptions.json')
         if c is not None:
             row.update({'corruptions': 100 * c['mean_accuracy'], 'n corruptions': c['table'][0]['n'],
-                        'corruptions SE': 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in c['table']]))})
+                        'corruptions SE': _corruption_se(c['table'])})
         f = check_fresh(_read(d / 'features.json'), metrics, d / 'features.json')
         if f is not None:
             z, k = np.load(d / 'features.npz'), len(f['angles'])
@@ -389,37 +391,38 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
                      'other': inputs.loc[other, col] if other in inputs.index and col in inputs else np.nan,
                      **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
     c1, c2, c3, c4 = CLAIMS
-    claims = {c: [] for c in CLAIMS}
+    claims = {c: {} for c in CLAIMS}   # claim -> {compared with: verdict}
     for o in (o for o in against if o in inputs.index and a is not None):
         if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
             dc, da = _diff(a, inputs.loc[o], 'clean', z), _diff(a, inputs.loc[o], 'AutoAttack', z)
             v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
             add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
-            claims[c1].append(v)
+            claims[c1][o] = v
         if has(method, 'corruptions') and has(o, 'corruptions'):
             d = _diff(a, inputs.loc[o], 'corruptions', z)
             v = SUPPORTED if d['low'] > 0 else NOT_SUPPORTED if d['high'] < 0 else UNRESOLVED
-            add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2].append(v)
+            add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2][o] = v
         if has(method, 'ratio clean', 'ratio pgd') and has(o, 'ratio clean', 'ratio pgd'):
             ds = [_diff(a, inputs.loc[o], f'ratio {i}', z) for i in ('clean', 'pgd')]
             v = (NOT_SUPPORTED if any(d['low'] > 0 for d in ds) else SUPPORTED if all(d['high'] < 0 for d in ds) else UNRESOLVED)
             for (i, label), d in zip((('clean', 'clean'), ('pgd', 'PGD-20')), ds):
                 add(c3, o, f'intra/inter ratio, {label} features (lower: better)', f'ratio {i}', v, **d)
-            claims[c3].append(v)
+            claims[c3][o] = v
     if a is not None and has(method, 'gap', 'random gap'):
-        se = float(a['gap SE']) if pd.notna(a.get('gap SE', np.nan)) else 0.0
+        seeds_se = pd.notna(a.get('gap SE', np.nan))
+        se, one = (float(a['gap SE']), '') if seeds_se else (0.0, ', one seed: no interval')
         d = float(a['gap'] - a['random gap'] / 2)
         v = SUPPORTED if d + z * se < 0 else NOT_SUPPORTED if d - z * se > 0 else UNRESOLVED
-        one = '' if pd.notna(a.get('gap SE', np.nan)) else ', one seed: no interval'
         rows.append({'claim': c4, 'comparison': f'{method} vs half of random directions ({a["random gap"]:.1f}°)',
                      'statistic': f'mean absolute gap of the pairwise angles to the simplex angle (degrees){one}', method: a['gap'], 'other': a['random gap'] / 2,
                      'difference': d, 'low': d - z * se, 'high': d + z * se, 'n': a['seeds'], 'verdict': v})
-        claims[c4].append(v)
-    for claim, vs in claims.items():
+        claims[c4]['random directions'] = v
+    for claim, done in claims.items():
         expected = 1 if claim == c4 else len(against)
-        missing = '' if len(vs) == expected or claim == c4 else f"; missing: {', '.join(o for o in against if not any(r['comparison'] == f'{method} vs {o}' and r['claim'] == claim for r in rows))}"
-        rows.append({'claim': claim, 'comparison': 'overall', 'statistic': f'{len(vs)} of {expected} comparison(s){missing}',
-                     'verdict': _overall(vs, expected)})
+        missing = [o for o in against if o not in done] if claim != c4 and len(done) < expected else []
+        rows.append({'claim': claim, 'comparison': 'overall',
+                     'statistic': f'{len(done)} of {expected} comparison(s)' + (f"; missing: {', '.join(missing)}" if missing else ''),
+                     'verdict': _overall(list(done.values()), expected)})
     out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
     return out.rename(columns={method: f'{method} (mean over seeds)'})
 
