@@ -90,12 +90,12 @@ class Artifacts:
     grid: Grid
     manifest: dict = field(default_factory=dict)
 
-    def table(self, df: pd.DataFrame, stem: str, title: str, runs=(), extra: str = '', index: bool = True) -> None:
-        "CSV, Markdown and LaTeX of `df`."
+    def table(self, df: pd.DataFrame, stem: str, title: str, runs=(), extra: str = '', index: bool = True, digits: int = 1) -> None:
+        "CSV, Markdown and LaTeX of `df` ('mean ± SE' cells with `digits` decimals)."
         self.folder.mkdir(parents=True, exist_ok=True)
         heading = f'{title}\n\nScale: {self.grid.description}. advdpnp numbers, not the paper\'s.'
         atomic_write(self.folder / f'{stem}.csv', lambda p: df.to_csv(p, index=index))
-        shown = with_errors(df)
+        shown = with_errors(df, digits)
         blank = shown.astype(object).where(shown.notna(), None)   # missing cells print empty, not 'nan'
         md = f'### {heading}\n\n{blank.to_markdown(index=index, floatfmt=".2f", missingval="")}\n' + (f'\n{extra}\n' if extra else '')
         atomic_write(self.folder / f'{stem}.md', lambda p: Path(p).write_text(md))
@@ -137,7 +137,7 @@ def _mean_std(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
     mean, var, k = g[cols].mean(), g[cols].var(ddof=1).fillna(0.0), g.size()
     out = mean.copy()
     for c in cols:
-        if f'{c} SE' in frame: shared = (frame[f'{c} SE'] ** 2).groupby(frame[by], sort=False).mean()
+        if f'{c} SE' in frame: shared = (frame[f'{c} SE'] ** 2).groupby([frame[b] for b in np.atleast_1d(by)], sort=False).mean()
         elif (k > 1).any(): shared = var[c] * 0
         else: continue
         se = (shared + var[c] / k) ** 0.5   # the seeds see the same test points: that part of the error does not shrink
@@ -187,21 +187,30 @@ def corruption_tables(grid: Grid):
     return _mean_std(summary, 'method', cols), pd.DataFrame(long), '; '.join(sorted(notes))
 
 def feature_tables(grid: Grid):
-    "Feature metrics (dataset, method, input) and angle summaries (dataset, method) of the main runs (seed: first)."
-    rows, angles, matrices = [], [], {}
-    seed0 = min(e['seed'] for e in grid.entries if e['group'] == 'main')
-    for e in (e for e in grid.entries if e['group'] == 'main' and e['seed'] == seed0):
+    "Feature metrics (dataset, method, input) and angle summaries (dataset, method) of the main runs, mean over seeds (± SE over seeds); the angle matrix and run of each (dataset, method)'s first seed."
+    rows, angles, matrices, first = [], [], {}, {}
+    for e in sorted((e for e in grid.entries if e['group'] == 'main'), key=lambda e: e['seed']):
         d = grid.run_dir(e['run'])
         f = check_fresh(_read(d / 'features.json'), _read(d / 'metrics.json') or {}, d / 'features.json')
         if f is None: continue
         for inp, m in f['metrics'].items():
             rows.append({'dataset': e['dataset'], 'method': e['method'], 'input': 'clean' if inp == 'clean' else f['attack'],
-                         **m, 'accuracy': 100 * m['accuracy']})
-        angles.append({'dataset': e['dataset'], 'method': e['method'], 'class vectors': f['class_vectors'],
+                         'seed': e['seed'], **m, 'accuracy': 100 * m['accuracy'],
+                         'accuracy SE': 100 * standard_error(m['accuracy'], f['n'])})
+        angles.append({'dataset': e['dataset'], 'method': e['method'], 'class vectors': f['class_vectors'], 'seed': e['seed'],
                        **{k: f[k] for k in ('angle_mean', 'angle_min', 'angle_max', 'angle_std', 'simplex_angle', 'mean_abs_gap_to_simplex')}})
-        matrices[(e['dataset'], e['method'])] = (f['angles'], f['class_vectors'])
-    if not rows: return None, None, {}
-    return pd.DataFrame(rows), pd.DataFrame(angles), matrices
+        if (e['dataset'], e['method']) not in matrices:
+            matrices[(e['dataset'], e['method'])] = (f['angles'], f['class_vectors'])
+            first[(e['dataset'], e['method'])] = e['run']
+    if not rows: return None, None, {}, {}
+    def over_seeds(frame, by, same=()):   # `same`: columns equal across seeds, shown once
+        cols = [c for c in frame.columns if c not in (*by, *same, 'seed') and not c.endswith(' SE')]
+        out = _mean_std(frame, by, cols)
+        for c in same: out[c] = frame.groupby(by, sort=False)[c].first()
+        order = [x for c in frame.columns if c in out and not c.endswith(' SE') for x in (c, f'{c} SE') if x in out]
+        return out[order + ['seeds']].reset_index()
+    return (over_seeds(pd.DataFrame(rows), ['dataset', 'method', 'input']),
+            over_seeds(pd.DataFrame(angles), ['dataset', 'method'], ('class vectors', 'simplex_angle')), matrices, first)
 
 def tsne_figure(grid: Grid, dataset: str, seed: int = 0):
     "t-SNE panels (clean row, PGD row) of every main method on `dataset`."
@@ -459,16 +468,18 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
                ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
         ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
         out.figure(fig, 'cifar10c_per_corruption', f'Accuracy per corruption [{note}]', runs)
-    feats, angles, matrices = feature_tables(grid)
+    feats, angles, matrices, first = feature_tables(grid)
     if feats is not None:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main']
         out.table(feats, 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
-                  'accuracy in %)', runs, index=False)
-        out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex', runs, index=False)
+                  'accuracy in %), mean over seeds; ± SE: accuracy binomial plus seeds, the rest over seeds only', runs, index=False, digits=2)
+        out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
+                  'mean over seeds (± SE over seeds)', runs, index=False)
         ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
         panels = {f'{m} ({kind})': a for (d, m), (a, kind) in matrices.items() if d == ds}
-        out.figure(plot_angles(panels, f'class-vector angles, {ds} ({grid.scale} scale)'), 'prototype_angles_heatmap',
-                   f'Class-vector angle heat maps on {ds}', runs)
+        out.figure(plot_angles(panels, f'class-vector angles, {ds} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
+                   f'Class-vector angle heat maps on {ds} (first seed of each method)',
+                   [r for (d, _), r in first.items() if d == ds])
         fig, runs = tsne_figure(grid, ds, min(results['seed']))
         if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {ds}', runs)
     abl = results[results['group'] == 'ablation']

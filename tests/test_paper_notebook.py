@@ -43,6 +43,7 @@ def test_every_artifact_is_written_and_listed(micro):
     figures = micro / 'figures'
     manifest = read(figures / 'manifest.json')
     assert manifest['scale'] == 'micro' and set(manifest['artifacts']) == set(EXPECTED)
+    assert manifest['parameters']['command'] == 'papermill nbs/paper.ipynb out.ipynb -p scale micro'   # what selected these runs
     for stem, exts in EXPECTED.items():
         assert sorted(manifest['artifacts'][stem]['files']) == sorted(f'{stem}.{e}' for e in exts)
         for e in exts: assert (figures / f'{stem}.{e}').stat().st_size > 0, f'{stem}.{e}'
@@ -66,7 +67,7 @@ def test_tables_agree_with_the_run_folders(micro):
         c = read(runs / f'imagefolder-{m}-s0' / 'corruptions.json')
         assert math.isclose(corr.loc[m, 'mean'], 100 * c['mean_accuracy'], abs_tol=1e-9)
     feats = pd.read_csv(figures / 'features.csv')
-    assert len(feats) == 2 * len(METHODS)
+    assert len(feats) == 2 * len(METHODS) and (feats['seeds'] == 1).all()   # mean over seeds: one seed here
     f = read(runs / 'imagefolder-adv_dpnp-s0' / 'features.json')
     row = feats[(feats.method == 'adv_dpnp') & (feats.input == 'clean')].iloc[0]
     assert math.isclose(row['intra_inter_ratio'], f['metrics']['clean']['intra_inter_ratio'], rel_tol=1e-9)
