@@ -225,6 +225,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'advdpnp.report.random_simplex_gap': ('report.html#random_simplex_gap', 'advdpnp/report.py'),
                                 'advdpnp.report.results_table': ('report.html#results_table', 'advdpnp/report.py'),
                                 'advdpnp.report.robustness_curves': ('report.html#robustness_curves', 'advdpnp/report.py'),
+                                'advdpnp.report.run_times': ('report.html#run_times', 'advdpnp/report.py'),
                                 'advdpnp.report.sensitivity_frame': ('report.html#sensitivity_frame', 'advdpnp/report.py'),
                                 'advdpnp.report.tsne_figure': ('report.html#tsne_figure', 'advdpnp/report.py'),
                                 'advdpnp.report.with_errors': ('report.html#with_errors', 'advdpnp/report.py'),

@@ -27,8 +27,8 @@ __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'Z
            'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts',
            'with_errors', 'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label',
            'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves', 'robustness_curves',
-           'plot_robustness_curves', 'leaderboard', 'bootstrap_ratio', 'random_simplex_gap', 'claim_inputs',
-           'claim_verdicts', 'write_artifacts']
+           'plot_robustness_curves', 'leaderboard', 'run_times', 'bootstrap_ratio', 'random_simplex_gap',
+           'claim_inputs', 'claim_verdicts', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -328,6 +328,25 @@ def leaderboard(grid: Grid) -> pd.DataFrame | None:
     out = pd.DataFrame(rows).sort_values(['dataset', 'AutoAttack', 'worst case'], ascending=[True, False, False], na_position='last')
     return out.astype({'n_autoattack': 'Int64'}).reset_index(drop=True)
 
+# %% ../nbs/09_report.ipynb #8b4d0bb3
+def run_times(grid: Grid) -> pd.DataFrame | None:
+    "Minutes per stage of every finished run of `grid` (index: run), from metrics.json, eval.json and file times."
+    rows = []
+    for name in grid.runs:
+        d = grid.run_dir(name)
+        m = _read(d / 'metrics.json')
+        if m is None: continue
+        ev = _read(d / 'eval.json') or {}
+        secs = ev.get('seconds', {})
+        rest = (d / 'grid_eval.json').stat().st_mtime - (d / 'eval.json').stat().st_mtime if ev and (d / 'grid_eval.json').exists() else 0.0
+        rows.append({'run': name, 'training': m['train_seconds'] / 60, 'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
+                     'attacks': sum(secs.values()) / 60, 'of which AutoAttack': secs.get('autoattack', 0.0) / 60,
+                     'corruptions and features (file times)': max(rest, 0.0) / 60})
+    if not rows: return None
+    out = pd.DataFrame(rows).set_index('run')
+    out['total'] = out.drop(columns='of which AutoAttack').sum(axis=1)
+    return out
+
 # %% ../nbs/09_report.ipynb #20fb5061
 Z95 = 1.959963984540054
 DEFENCES = ('pgd_at', 'trades', 'mart')
@@ -477,11 +496,11 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
                   'mean over seeds (± SE over seeds)', runs, index=False)
         ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
         panels = {f'{m} ({kind})': a for (d, m), (a, kind) in matrices.items() if d == ds}
-        out.figure(plot_angles(panels, f'class-vector angles, {ds} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
-                   f'Class-vector angle heat maps on {ds} (first seed of each method)',
+        out.figure(plot_angles(panels, f'class-vector angles, {dataset_label(ds)} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
+                   f'Class-vector angle heat maps on {dataset_label(ds)} (first seed of each method)',
                    [r for (d, _), r in first.items() if d == ds])
         fig, runs = tsne_figure(grid, ds, min(results['seed']))
-        if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {ds}', runs)
+        if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {dataset_label(ds)}', runs)
     abl = results[results['group'] == 'ablation']
     if len(abl):
         cols = [c for c in ATTACK_COLUMNS.values() if c in abl and abl[c].notna().any()]
@@ -505,6 +524,10 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
     board = leaderboard(grid)
     if board is not None:
         out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
+    times = run_times(grid)
+    if times is not None:
+        out.table(times, 'run_times', f'Minutes per run and stage; sum over runs {times["total"].sum():.0f} min, the grid on w '
+                  'workers at least that / w (corruptions and features from file times)', list(times.index))
     inputs = claim_inputs(grid)
     if 'adv_dpnp' in inputs.index:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]

@@ -15,7 +15,7 @@ EXPECTED = {  # artifact -> extensions
     'tsne': ('png', 'pdf'), 'ablation': ('csv', 'md', 'tex'), 'sensitivity': ('csv', 'md', 'tex'),
     'sensitivity_curves': ('png', 'pdf'), 'training_curves': ('png', 'pdf'),
     'cifar10c_per_corruption': ('png', 'pdf'), 'leaderboard': ('csv', 'md', 'tex'),
-    'robust_vs_eps': ('png', 'pdf'), 'claims': ('csv', 'md', 'tex'),
+    'robust_vs_eps': ('png', 'pdf'), 'claims': ('csv', 'md', 'tex'), 'run_times': ('csv', 'md', 'tex'),
 }
 METHODS = ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']
 pytestmark = pytest.mark.slow   # the micro grid trains and evaluates 12 runs: about 3 minutes on 2 cores (make test-slow)
@@ -87,6 +87,10 @@ def test_tables_agree_with_the_run_folders(micro):
     for _, part in board.groupby('dataset'):   # sorted by AutoAttack within a dataset
         assert list(part['AutoAttack']) == sorted(part['AutoAttack'], reverse=True)
     assert set(board['dataset']) == {'CIFAR-10, JPEG copy', 'digits (scikit-learn, 8x8)'}
+    times = pd.read_csv(figures / 'run_times.csv', index_col='run')
+    assert set(times.index) == {p.parent.name for p in runs.glob('*/metrics.json')}
+    m = read(runs / 'imagefolder-adv_dpnp-s0' / 'metrics.json')
+    assert math.isclose(times.loc['imagefolder-adv_dpnp-s0', 'training'], m['train_seconds'] / 60, rel_tol=1e-9)
     claims = pd.read_csv(figures / 'claims.csv')
     overall = claims[claims['comparison'] == 'overall']
     assert len(overall) == 4 and set(claims['verdict']) <= {'supported', 'not supported', 'not resolvable at this scale'}
