@@ -132,8 +132,8 @@ def _fill(overrides: dict, paths: dict) -> dict:
     return {k: v.format(**paths) if isinstance(v, str) else v for k, v in overrides.items()}
 
 def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpeg', seeds=None, methods=None,
-               device: str = 'auto') -> Grid:
-    "The runs and entries of `scale`; every config is validated here, before any work."
+               device: str = 'auto', amp: str | None = None) -> Grid:
+    "The runs and entries of `scale` (`amp`: the training autocast of every run, None: the preset's); every config is validated here, before any work."
     if scale not in SCALES: raise ValueError(f'scale={scale!r} is not valid; choose one of {list(SCALES)}')
     methods = list(METHODS if methods is None else methods)
     bad = [m for m in methods if m not in METHODS]
@@ -143,11 +143,13 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
     paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve())}
-    grid = Grid(scale, plan['description'], Path(out_dir).resolve(), plan['cifar'])
+    description = plan['description'] + (f'; training with amp={amp}' if amp is not None else '')
+    grid = Grid(scale, description, Path(out_dir).resolve(), plan['cifar'])
     keys = {}
 
     def add(entry, name, dataset, method, seed, overrides, evaluate):
-        params = dict(dataset=dataset, preset=plan['preset'], method=method, seed=seed, **_fill(overrides, paths))
+        params = dict(dataset=dataset, preset=plan['preset'], method=method, seed=seed, **_fill(overrides, paths),
+                      **({'amp': amp} if amp is not None else {}))
         cfg = make_config(params['preset'], dataset, **{k: v for k, v in params.items() if k not in ('dataset', 'preset')})
         key = json.dumps(cfg.to_dict(), sort_keys=True)   # the resolved config: same training, same run
         if key in keys:
