@@ -137,7 +137,7 @@ def _mean_std(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
     mean, var, k = g[cols].mean(), g[cols].var(ddof=1).fillna(0.0), g.size()
     out = mean.copy()
     for c in cols:
-        if f'{c} SE' in frame: shared = (frame[f'{c} SE'] ** 2).groupby([frame[b] for b in np.atleast_1d(by)], sort=False).mean()
+        if f'{c} SE' in frame: shared = g[f'{c} SE'].agg(lambda s: (s ** 2).mean())
         elif (k > 1).any(): shared = var[c] * 0
         else: continue
         se = (shared + var[c] / k) ** 0.5   # the seeds see the same test points: that part of the error does not shrink
@@ -187,8 +187,8 @@ def corruption_tables(grid: Grid):
     return _mean_std(summary, 'method', cols), pd.DataFrame(long), '; '.join(sorted(notes))
 
 def feature_tables(grid: Grid):
-    "Feature metrics (dataset, method, input) and angle summaries (dataset, method) of the main runs, mean over seeds (± SE over seeds); the angle matrix and run of each (dataset, method)'s first seed."
-    rows, angles, matrices, first = [], [], {}, {}
+    "Feature metrics (dataset, method, input) and angle summaries (dataset, method) of the main runs, mean over seeds (± SE over seeds); (angle matrix, class vectors, run) of each (dataset, method)'s first seed."
+    rows, angles, matrices = [], [], {}
     for e in sorted((e for e in grid.entries if e['group'] == 'main'), key=lambda e: e['seed']):
         d = grid.run_dir(e['run'])
         f = check_fresh(_read(d / 'features.json'), _read(d / 'metrics.json') or {}, d / 'features.json')
@@ -199,10 +199,8 @@ def feature_tables(grid: Grid):
                          'accuracy SE': 100 * standard_error(m['accuracy'], f['n'])})
         angles.append({'dataset': e['dataset'], 'method': e['method'], 'class vectors': f['class_vectors'], 'seed': e['seed'],
                        **{k: f[k] for k in ('angle_mean', 'angle_min', 'angle_max', 'angle_std', 'simplex_angle', 'mean_abs_gap_to_simplex')}})
-        if (e['dataset'], e['method']) not in matrices:
-            matrices[(e['dataset'], e['method'])] = (f['angles'], f['class_vectors'])
-            first[(e['dataset'], e['method'])] = e['run']
-    if not rows: return None, None, {}, {}
+        matrices.setdefault((e['dataset'], e['method']), (f['angles'], f['class_vectors'], e['run']))
+    if not rows: return None, None, {}
     def over_seeds(frame, by, same=()):   # `same`: columns equal across seeds, shown once
         cols = [c for c in frame.columns if c not in (*by, *same, 'seed') and not c.endswith(' SE')]
         out = _mean_std(frame, by, cols)
@@ -210,7 +208,7 @@ def feature_tables(grid: Grid):
         order = [x for c in frame.columns if c in out and not c.endswith(' SE') for x in (c, f'{c} SE') if x in out]
         return out[order + ['seeds']].reset_index()
     return (over_seeds(pd.DataFrame(rows), ['dataset', 'method', 'input']),
-            over_seeds(pd.DataFrame(angles), ['dataset', 'method'], ('class vectors', 'simplex_angle')), matrices, first)
+            over_seeds(pd.DataFrame(angles), ['dataset', 'method'], ('class vectors', 'simplex_angle')), matrices)
 
 def tsne_figure(grid: Grid, dataset: str, seed: int = 0):
     "t-SNE panels (clean row, PGD row) of every main method on `dataset`."
@@ -487,7 +485,7 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
                ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
         ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
         out.figure(fig, 'cifar10c_per_corruption', f'Accuracy per corruption [{note}]', runs)
-    feats, angles, matrices, first = feature_tables(grid)
+    feats, angles, matrices = feature_tables(grid)
     if feats is not None:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main']
         out.table(feats, 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
@@ -495,10 +493,10 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
         out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
                   'mean over seeds (± SE over seeds)', runs, index=False)
         ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
-        panels = {f'{m} ({kind})': a for (d, m), (a, kind) in matrices.items() if d == ds}
+        panels = {f'{m} ({kind})': a for (d, m), (a, kind, _) in matrices.items() if d == ds}
         out.figure(plot_angles(panels, f'class-vector angles, {dataset_label(ds)} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
                    f'Class-vector angle heat maps on {dataset_label(ds)} (first seed of each method)',
-                   [r for (d, _), r in first.items() if d == ds])
+                   [r for (d, _), (_, _, r) in matrices.items() if d == ds])
         fig, runs = tsne_figure(grid, ds, min(results['seed']))
         if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {dataset_label(ds)}', runs)
     abl = results[results['group'] == 'ablation']
