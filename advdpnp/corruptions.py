@@ -5,7 +5,10 @@
 # %% ../nbs/07_corruptions.ipynb #d83a4470
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.resources
+import pickle
 import sys
 import textwrap
 import types
@@ -24,9 +27,10 @@ from .evaluate import load_run_test_points
 from .runs import RunLock, atomic_write, write_json
 
 # %% auto #0
-__all__ = ['CORRUPTIONS', 'SEVERITIES', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'GENERATED_NOTE', 'OFFICIAL_NOTE', 'SOURCES',
-           'CorruptionsNotFoundError', 'find_cifar10c', 'read_cifar10c', 'load_imagecorruptions', 'require_corruptible',
-           'generate_corruption', 'evaluate_corruptions', 'plot_corruptions', 'evaluate_run_corruptions']
+__all__ = ['CORRUPTIONS', 'SEVERITIES', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'GENERATED_NOTE', 'OFFICIAL_NOTE', 'CORRUPTION_CACHE',
+           'SOURCES', 'CorruptionsNotFoundError', 'find_cifar10c', 'read_cifar10c', 'load_imagecorruptions',
+           'require_corruptible', 'generate_corruption', 'cached_corruption', 'evaluate_corruptions',
+           'plot_corruptions', 'evaluate_run_corruptions']
 
 # %% ../nbs/07_corruptions.ipynb #e684eced
 CORRUPTIONS = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur', 'motion_blur',
@@ -114,13 +118,36 @@ def generate_corruption(images: torch.Tensor, corruption: str, severity: int, se
     out = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
     return out[:, :images.shape[1]].contiguous()   # grey images come back as 3 identical channels
 
+# %% ../nbs/07_corruptions.ipynb #ae8162dd
+CORRUPTION_CACHE = '.corruption-cache'
+_GENERATORS = ('imagecorruptions', 'numpy', 'scipy', 'scikit-image', 'opencv-python')
+
+def _version(package: str) -> str:
+    try: return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError: return 'none'
+
+def cached_corruption(images: torch.Tensor, corruption: str, severity: int, seed: int = 0, cache_dir=None) -> torch.Tensor:
+    "`generate_corruption`, kept in `cache_dir` (None: no cache) under a key of everything that determines its pixels."
+    if cache_dir is None: return generate_corruption(images, corruption, severity, seed)
+    what = repr((tuple(images.shape), corruption, severity, seed, [_version(p) for p in _GENERATORS])).encode()
+    key = hashlib.sha256(images.contiguous().numpy().tobytes() + what).hexdigest()[:24]
+    path = Path(cache_dir) / f'{corruption}-{severity}-{key}.pt'
+    try:
+        x = torch.load(path)
+        if x.shape == images.shape and x.dtype == torch.uint8: return x
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError): pass   # absent or unreadable: generate it again
+    x = generate_corruption(images, corruption, severity, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda p: torch.save(x, p))
+    return x
+
 # %% ../nbs/07_corruptions.ipynb #9b749cd8
 SOURCES = ('auto', 'official', 'generated')
 
 def evaluate_corruptions(model, images, labels, source: str = 'auto', data_dir='data', download: bool = False,
                          n: int | None = None, corruptions=CORRUPTIONS, severities=SEVERITIES, batch_size: int = 256,
-                         seed: int = 0, progress: bool = True) -> dict:
-    "Accuracy per (corruption, severity), and the mean, per-severity and per-corruption summaries."
+                         seed: int = 0, progress: bool = True, cache_dir=None) -> dict:
+    "Accuracy per (corruption, severity), and the mean, per-severity and per-corruption summaries (generated sets kept in `cache_dir`)."
     if source not in SOURCES: raise ValueError(f'source={source!r}; choose one of {list(SOURCES)}')
     bad = [c for c in corruptions if c not in CORRUPTIONS] + [s for s in severities if s not in SEVERITIES]
     if bad: raise ValueError(f'unknown corruptions/severities {bad}; choose from {list(CORRUPTIONS)} and {list(SEVERITIES)}')
@@ -138,7 +165,7 @@ def evaluate_corruptions(model, images, labels, source: str = 'auto', data_dir='
     rows = []
     for c, s in tqdm([(c, s) for c in corruptions for s in severities], desc='corruptions', disable=not progress):
         if folder is not None: x, y = read_cifar10c(folder, c, s, idx.numpy())
-        else: x, y = generate_corruption(images, c, s, seed), labels
+        else: x, y = cached_corruption(images, c, s, seed, cache_dir), labels
         correct = correct_under_attack(model, x, y, batch_size=batch_size, progress=False)
         rows.append({'corruption': c, 'severity': s, 'accuracy': correct.float().mean().item(), 'n': len(y)})
     table = pd.DataFrame(rows)
@@ -170,8 +197,8 @@ def evaluate_run_corruptions(run_dir, source: str = 'auto', n_eval: int | None =
     with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
         points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
         model, cfg, images, labels = points
-        result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval,
-                                      batch_size=batch_size, seed=cfg.seed, progress=progress)
+        result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval, batch_size=batch_size,
+                                      seed=cfg.seed, progress=progress, cache_dir=run_dir.parent / CORRUPTION_CACHE)
         result.update(run=run_dir.name, scale=cfg.preset, dataset=cfg.dataset, method=cfg.method, **points.description)
         _write_corruptions(run_dir, result, cfg)
     return result

@@ -272,6 +272,7 @@ def load_run(run_dir, device: str = 'cpu'):
         lines = str(e).splitlines()
         raise CheckpointError(f'{path} does not fit the model that {run_dir / "config.json"} describes ({cfg.arch}, '
                               f'{cfg.dataset}, {cfg.head} head): {lines[1].strip() if len(lines) > 1 else e}') from None
+    if cfg.channels_last: model.to(memory_format=torch.channels_last)   # as it trained: faster convolutions, same function
     ckpt['sha256'] = sha
     return model.to(device).eval(), cfg, ckpt
 
@@ -289,7 +290,7 @@ def run_status(run_dir) -> str:
 def list_runs(out_dir='runs') -> pd.DataFrame:
     "One row per run folder under `out_dir`: name, status, dataset, method, epochs."
     rows = []
-    for d in sorted(p for p in Path(out_dir).iterdir() if p.is_dir()) if Path(out_dir).is_dir() else []:
+    for d in sorted(p for p in Path(out_dir).iterdir() if p.is_dir() and not p.name.startswith('.')) if Path(out_dir).is_dir() else []:
         row = {'run': d.name, 'status': run_status(d)}
         try: row.update({k: v for k, v in read_json(d / 'config.json').items() if k in ('dataset', 'method', 'preset', 'epochs', 'seed')})
         except (OSError, ValueError): pass
