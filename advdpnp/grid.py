@@ -76,13 +76,14 @@ SCALE_PLANS = {
         ablations=tuple(ABLATIONS), sweeps=SWEEPS),
     'cpu': dict(
         description=('CPU scale: offline CIFAR-10 JPEG copy (PreAct ResNet-18 width 16, 10,000 class-balanced training '
-                     'images, 10 epochs of PGD-5 training at eps 8/255, the study\'s recipe; white-box attacks and '
+                     'images, 10 epochs of PGD-5 training at eps 8/255, the study\'s recipe, bf16 autocast training '
+                     '(amp=bf16; every evaluation in fp32); white-box attacks and '
                      'corruptions on 1,000 test images, AutoAttack on a class-balanced 500 of them; seeds 0 and 1 for '
                      'PGD-AT and Adv-DPNP); ablations and sweeps of Adv-DPNP on scikit-learn digits (small CNN, eps 0.2, '
                      'attacks on 100 test points); development numbers, not CIFAR-10 results'),
         main=[dict(dataset='imagefolder', overrides=_CPU_MAIN, method_overrides=CPU_HEAD,
                    eval=_eval(n_eval=1000, n_autoattack=500, corruptions='generated', features=True, n_features=500))],
-        preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder',
+        preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder', amp='bf16',
         study=dict(dataset='digits', overrides={}, eval=_eval('pgd,autoattack', n_eval=100)),
         ablations=tuple(ABLATIONS), sweeps={p: v[:1] + v[2:] for p, v in SWEEPS.items()}),
     'micro': dict(
@@ -133,7 +134,7 @@ def _fill(overrides: dict, paths: dict) -> dict:
 
 def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpeg', seeds=None, methods=None,
                device: str = 'auto', amp: str | None = None) -> Grid:
-    "The runs and entries of `scale` (`amp`: the training autocast of every run, None: the preset's); every config is validated here, before any work."
+    "The runs and entries of `scale` (`amp`: the training autocast of every run, None: the plan's or else the preset's); every config is validated here, before any work."
     if scale not in SCALES: raise ValueError(f'scale={scale!r} is not valid; choose one of {list(SCALES)}')
     methods = list(METHODS if methods is None else methods)
     bad = [m for m in methods if m not in METHODS]
@@ -143,7 +144,9 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
     paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve())}
-    description = plan['description'] + (f'; training with amp={amp}' if amp is not None else '')
+    other_amp = amp is not None and amp != plan.get('amp')
+    amp = plan.get('amp') if amp is None else amp
+    description = plan['description'] + (f'; training with amp={amp} instead' if other_amp else '')
     grid = Grid(scale, description, Path(out_dir).resolve(), plan['cifar'])
     keys = {}
 

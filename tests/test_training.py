@@ -100,6 +100,8 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     result = train(cfg, progress=False)
     model, loaded_cfg, ckpt = load_run(result.run_dir)
     assert loaded_cfg == cfg and ckpt['epoch'] == 1 and ckpt['input_shape'] == [1, 8, 8]
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert cfg.channels_last and conv.weight.is_contiguous(memory_format=torch.channels_last)   # evaluated as it trained
     assert json.loads((result.run_dir / 'metrics.json').read_text())['clean_acc'] == result.metrics['clean_acc']
 
 
