@@ -67,7 +67,7 @@ study-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/study.ipynb runs/study-cpu.ipynb -p scale cpu -p workers 2
 
-# Every table and figure at CPU scale (about 4.4 h on 2 cores, two runs at a time) into paper_figures/cpu/; a stopped run resumes.
+# Every table and figure at CPU scale (2 h 25 min on 2 cores, two runs at a time, bf16 training) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
