@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .attacks import ThreatModel, eval_mode, model_device
 from .data import batch_indices, to_float
 from .evaluate import load_run_test_points
-from .runs import RunLock, atomic_write, write_json
+from .runs import RunFolder
 
 # %% auto #0
 __all__ = ['collect_features', 'class_means', 'feature_metrics', 'simplex_angle', 'class_vectors', 'pairwise_angles',
@@ -88,18 +88,18 @@ def angle_summary(angles: np.ndarray) -> dict:
 def analyze_run(run_dir, n_eval: int | None = 500, steps: int = 20, batch_size: int = 256, device: str = 'cpu',
                 progress: bool = True, points=None) -> dict:
     "Feature metrics of a run on clean and PGD inputs (a class-balanced n_eval of its test points, or of `points` already loaded), and its class-vector angles; writes features.json/.npz."
-    run_dir = Path(run_dir)
-    with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
-        return _analyze_run(run_dir, n_eval, steps, batch_size, device, progress, points)
+    folder = RunFolder(run_dir)
+    with folder.lock():   # writable, and nobody retrains the folder meanwhile
+        return _analyze_run(folder, n_eval, steps, batch_size, device, progress, points)
 
-def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, progress: bool, points=None) -> dict:
-    points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
+def _analyze_run(folder: RunFolder, n_eval, steps: int, batch_size: int, device, progress: bool, points=None) -> dict:
+    points = load_run_test_points(folder.path, n_eval, device) if points is None else points.subset(n_eval)
     model, cfg, images, labels = points
     attack = ThreatModel(cfg.eps, steps)
     vectors, kind = class_vectors(model)
     protos = vectors if kind == 'prototypes' else None
     k = len(vectors)
-    out, arrays = {'run': run_dir.name, 'scale': cfg.preset, 'dataset': cfg.dataset, 'method': cfg.method,
+    out, arrays = {'run': folder.path.name, 'preset': cfg.preset, 'dataset': cfg.dataset, 'method': cfg.method,
                    'head': cfg.head, 'n': len(labels), 'eps': cfg.eps, 'attack': attack.name, 'threat_model': attack.describe(), 'classes': list(points.classes), 'metrics': {},
                    **points.description}, {}
     for name, atk in (('clean', None), ('pgd', attack)):
@@ -108,8 +108,7 @@ def _analyze_run(run_dir: Path, n_eval, steps: int, batch_size: int, device, pro
         arrays[f'{name}_features'], arrays[f'{name}_pred'] = f.numpy(), pred.numpy()
     angles = pairwise_angles(vectors)
     out.update(class_vectors=kind, angles=angles.round(3).tolist(), **angle_summary(angles))
-    write_json(run_dir / 'features.json', out)
-    atomic_write(run_dir / 'features.npz', lambda p: np.savez_compressed(open(p, 'wb'), labels=labels.numpy(), **arrays))
+    folder.write_features(out, {'labels': labels.numpy(), **arrays})
     return out
 
 # %% ../nbs/08_analysis.ipynb #d5e43ecf

@@ -5,21 +5,18 @@
 # %% ../nbs/04_attacks.ipynb #7cd77f4e
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from scipy.stats import beta as beta_distribution
 from tqdm import tqdm
 
 from .data import batch_indices, to_float
 
 # %% auto #0
 __all__ = ['ATTACK_LOSSES', 'STEP_FRACTION', 'eval_mode', 'margin_loss', 'attack_loss', 'layout_free_noise', 'pgd_attack',
-           'fgsm_attack', 'ThreatModel', 'trades_attack', 'model_device', 'correct_under_attack', 'standard_error',
-           'binomial_bounds', 'paired_difference']
+           'fgsm_attack', 'ThreatModel', 'trades_attack', 'model_device', 'correct_under_attack']
 
 # %% ../nbs/04_attacks.ipynb #c8905989
 @contextmanager
@@ -139,24 +136,3 @@ def correct_under_attack(model, images, labels, attack=None, batch_size: int = 2
             if attack is not None: x = attack(model, x, y)
             with torch.no_grad(): out.append((model(x).argmax(dim=1) == y).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
-
-# %% ../nbs/04_attacks.ipynb #5f63766e
-def standard_error(p: float, n: int) -> float:
-    "Binomial standard error of an accuracy `p` measured on `n` points (nan for n = 0)."
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float('nan')
-
-def binomial_bounds(k: int, n: int, level: float = 0.001) -> tuple:
-    "Exact one-sided Clopper-Pearson (lower, upper) bounds, each at `level`, of a proportion with k successes in n."
-    lower = 0.0 if k == 0 else float(beta_distribution.ppf(level, k, n - k + 1))
-    upper = 1.0 if k == n else float(beta_distribution.ppf(1 - level, k + 1, n - k))
-    return lower, upper
-
-def paired_difference(a_ok: torch.Tensor, b_ok: torch.Tensor, level: float = 0.001) -> dict:
-    "acc(b) - acc(a) on the same points, its discordant counts, and exact one-sided bounds at `level`."
-    a_ok, b_ok = torch.as_tensor(a_ok, dtype=torch.bool), torch.as_tensor(b_ok, dtype=torch.bool)
-    if a_ok.shape != b_ok.shape: raise ValueError(f'paired comparison of {tuple(a_ok.shape)} and {tuple(b_ok.shape)} points')
-    n, b_only, a_only = len(a_ok), int((b_ok & ~a_ok).sum()), int((a_ok & ~b_ok).sum())
-    d = b_only + a_only
-    lo, hi = binomial_bounds(b_only, d, level) if d else (0.5, 0.5)
-    return {'diff': (b_only - a_only) / n if n else 0.0, 'n': n, 'b_only': b_only, 'a_only': a_only,
-            'lower': d / n * (2 * lo - 1) if n else 0.0, 'upper': d / n * (2 * hi - 1) if n else 0.0, 'level': level}

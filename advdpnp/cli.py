@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import difflib
 import json
 import sys
 from pathlib import Path
 
-from .config import parse_fraction
+from .config import closest, parse_fraction
 
 # %% auto #0
-__all__ = ['COMMANDS', 'notebooks_dir', 'notebook_parameters', 'parse_value', 'build_parser', 'main']
+__all__ = ['COMMANDS', 'notebooks_dir', 'notebook_parameters', 'parse_value', 'option_help', 'build_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #2aab3b04
 COMMANDS = {'train': 'train.ipynb', 'evaluate': 'evaluate.ipynb', 'paper': 'paper.ipynb', 'bench': 'benchmark.ipynb'}
@@ -49,20 +48,25 @@ def parse_value(text: str, type_name: str):
     return text
 
 class _Parser(argparse.ArgumentParser):
-    "An argparse parser whose unknown-option error names the closest option."
+    "An argparse parser whose unknown-option error names the closest of the options `build_parser` recorded in `known_options`."
+    known_options: tuple = ()
+
     def error(self, message):
         if 'unrecognized arguments' in message:
-            parsers = [self] + [p for a in self._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
-            options = sorted({o for p in parsers for a in p._actions for o in a.option_strings if o.startswith('--')})
             words = [w.split('=')[0] for w in message.split(':', 1)[1].split() if w.startswith('--')]
-            hints = [f'{w} (did you mean {c[0]}?)' for w in words if (c := difflib.get_close_matches(w, options, n=1))]
+            hints = [f'{w} (did you mean {c}?)' for w in words if (c := closest(w, self.known_options))]
             if hints: message += '; ' + ', '.join(hints)
         super().error(message)
 
+def option_help(parameter: dict) -> str:
+    "An option's help: the notebook parameter's description (for train.ipynb: RunConfig's, 00_config), its type and default."
+    return f"{parameter['help']} [{parameter['inferred_type_name']}, default {parameter['default']}]"
+
 def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
-    "The `advdpnp` parser: one sub-command per entry point, one option per notebook parameter."
+    "The `advdpnp` parser: one sub-command per entry point (in `parser.commands`), one option per notebook parameter."
     parser = _Parser(prog='advdpnp', description='Run an advdpnp notebook (papermill) from the command line.')
     subs = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    parser.commands, options = {}, ['--output']
     for command in commands:
         params = notebook_parameters(command)
         sub = subs.add_parser(command, allow_abbrev=False, help=f'nbs/{COMMANDS[command]}',
@@ -70,8 +74,12 @@ def build_parser(commands=tuple(COMMANDS)) -> argparse.ArgumentParser:
         for name, p in params.items():
             kind = p['inferred_type_name']
             sub.add_argument(f'--{name}', metavar=kind.upper(), type=lambda t, k=kind: parse_value(t, k),
-                             default=argparse.SUPPRESS, help=f"{p['help']} [{kind}, default {p['default']}]")
+                             default=argparse.SUPPRESS, help=option_help(p))
         sub.add_argument('--output', default=None, help='the executed notebook (default: runs/notebooks/<command>-<time>.ipynb)')
+        sub.parameters, parser.commands[command] = params, sub
+        options += [f'--{name}' for name in params]
+    parser.known_options = sub_options = tuple(sorted(set(options)))
+    for sub in parser.commands.values(): sub.known_options = sub_options
     return parser
 
 def main(argv=None) -> int:

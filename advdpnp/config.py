@@ -12,11 +12,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import read_json
+
 # %% auto #0
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
            'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'SCHEDULES', 'DATASET_SIZES',
-           'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'FLOAT_FIELDS', 'RunConfig', 'ConfigError', 'config_problems',
-           'make_config', 'save_config', 'load_config', 'parse_fraction', 'check_notebook_parameters']
+           'DATASET_CLASSES', 'NAME_MAX', 'SEED_MAX', 'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'NOT_IDENTITY',
+           'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig', 'ConfigError', 'training_size', 'config_problems',
+           'closest', 'make_config', 'load_config', 'config_differences', 'parse_fraction', 'check_notebook_parameters',
+           'parameter_help', 'notebook_parameter_cell']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
@@ -44,6 +48,7 @@ SCHEDULES = ('step', 'onecycle', 'cosine')         # learning-rate schedule (05_
 # Train / test sizes of each dataset (None: known only once the folder is read).
 DATASET_SIZES = {'digits': (1437, 360), 'cifar10': (50_000, 10_000), 'cifar100': (50_000, 10_000),
                  'svhn': (73_257, 26_032), 'imagefolder': (None, None)}
+DATASET_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100, 'svhn': 10}   # imagefolder: known once the folder is read
 
 # %% ../nbs/00_config.ipynb #e9df14d5
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class RunConfig:
     # -- what to train
     dataset: str = 'digits'        # one of DATASETS
     method: str = 'adv_dpnp'       # one of METHODS
-    preset: str = 'smoke'          # 'paper' (GPU, SPEC recipe) or 'smoke' (CPU, minutes); recorded with every result
+    preset: str = 'smoke'          # paper (GPU, the standard adversarial-training recipe) | smoke (CPU, minutes); recorded with every result
     arch: str = 'small_cnn'        # one of ARCHS
     classifier: str = 'auto'       # one of CLASSIFIERS; dpnp and adv_dpnp need 'prototype' (or 'auto')
     width: int | None = None       # channels of the first stage; None: the architecture's standard width
@@ -60,28 +65,28 @@ class RunConfig:
     # -- data
     data_dir: str = 'data'         # where datasets live (imagefolder: the folder holding train/ and test/)
     download: bool = True          # try torchvision's download when files are missing
-    n_train: int | None = None     # training subset size (None: all), class-balanced, fixed by `seed`
+    n_train: int | None = None     # training subset size, class-balanced, fixed by `seed` (None: all)
     n_test: int | None = None      # test subset size (None: all)
     # -- optimisation
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4     # not applied to the prototype directions (SPEC section 2)
+    epochs: int = 20               # training epochs
+    batch_size: int = 64           # global batch size
+    lr: float = 0.05               # peak learning rate of SGD
+    momentum: float = 0.9          # SGD momentum
+    weight_decay: float = 5e-4     # not applied to the prototype directions
     lr_decay_at: tuple = (0.75, 0.9)  # fractions of training after which the lr is multiplied by lr_decay_factor
-    lr_decay_factor: float = 0.1
+    lr_decay_factor: float = 0.1   # factor of each step decay
     schedule: str = 'step'         # one of SCHEDULES; 'step' decays at lr_decay_at (per epoch), the others move per batch
     warmup_epochs: float = 0.0     # linear warm-up from 0 to lr over this many (fractional) epochs; 'onecycle' needs > 0
     proto_lr_mult: float = 1.0     # learning rate of the prototype directions relative to lr
     val_fraction: float = 0.0      # share of the training set held out for validation (class-balanced, fixed by seed)
-    epoch_pgd_points: int = 200    # PGD-10 accuracy on this many class-balanced test points after every epoch (0: none)
+    epoch_pgd_points: int = 200    # PGD-10 accuracy on this many class-balanced test points after every epoch, 0: none
     # -- threat model of the training attack (l-inf, inputs in [0, 1])
-    eps: float = 0.2
-    attack_step: float = 0.05
-    attack_steps: int = 10
+    eps: float = 0.2               # l-inf radius on [0, 1] pixels; fractions work: -p eps 8/255
+    attack_step: float = 0.05      # step of the training attack (e.g. 2/255)
+    attack_steps: int = 10         # PGD steps of the training attack
     eval_step: float = 0.05        # step of the PGD-20 evaluation written to metrics.json
-    eval_steps: int = 20
-    # -- prototype head and Adv-DPNP loss (our reconstruction's defaults, SPEC section 3)
+    eval_steps: int = 20           # steps of the PGD evaluation written to metrics.json
+    # -- prototype head and Adv-DPNP loss (our reconstruction's defaults, 03_losses)
     alpha: float = 5.0             # norm of every prototype
     proto_init: str = 'normal'     # one of PROTO_INITS; 'normal' makes the directions learn ~d times more slowly (02_models)
     lambda_pa: float = 0.05        # positive alignment, clean branch
@@ -97,16 +102,16 @@ class RunConfig:
     trades_beta: float = 6.0       # TRADES robustness weight
     mart_beta: float = 5.0         # MART robustness weight
     # -- speed (the fast path, 05_train; none of these changes the mathematics)
-    amp: str = 'auto'              # one of AMP_MODES: 'auto' = bf16 autocast on CUDA, fp32 on CPU
+    amp: str = 'auto'              # one of AMP_MODES; 'auto' is bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = True     # channels-last memory format for model and batches (faster convolutions)
     compile_model: bool = False    # torch.compile the backbone (slow first steps; pays off on long GPU runs)
     threads: int = 0               # CPU threads for torch (0: torch's default)
     # -- bookkeeping
-    seed: int = 0
+    seed: int = 0                  # seed of weights, data order, subsets and attacks
     device: str = 'auto'           # 'auto', 'cpu', 'cuda' or 'cuda:N'
-    out_dir: str = 'runs'
+    out_dir: str = 'runs'          # folder of the run folders
     name: str | None = None        # run folder name; None: derived from the parameters
-    overwrite: bool = False        # replace an existing run folder of the same name
+    overwrite: bool = False        # retrain and replace a finished run folder of the same name
 
     def __post_init__(self):
         if isinstance(self.lr_decay_at, list): object.__setattr__(self, 'lr_decay_at', tuple(self.lr_decay_at))
@@ -134,6 +139,10 @@ class RunConfig:
 
     def to_dict(self) -> dict: return dataclasses.asdict(self)
 
+    def identity(self) -> dict:
+        "The fields that decide what is trained (every field but `NOT_IDENTITY`): two configs with the same identity are the same run."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.to_dict().items() if k not in NOT_IDENTITY}
+
 # %% ../nbs/00_config.ipynb #727bec0a
 class ConfigError(ValueError):
     "Invalid run parameters; the message lists every problem and the valid choices."
@@ -149,6 +158,8 @@ _OPTIONAL_INTS = ('width', 'n_train', 'n_test')
 _FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'warmup_epochs', 'proto_lr_mult', 'val_fraction', 'eps', 'attack_step', 'eval_step', 'alpha',
            'lambda_pa', 'lambda_pa_adv', 'lambda_nr', 'beta', 'hinge_margin', 'trades_beta', 'mart_beta')
 _STRS = ('data_dir', 'out_dir', 'device')
+NAME_MAX = 255          # bytes in one file name on Linux and macOS file systems
+SEED_MAX = 2**32 - 2    # NumPy seeds are 32-bit, and the validation split draws with seed + 1
 _BOOLS = ('download', 'overwrite', 'channels_last', 'compile_model')
 
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
@@ -172,6 +183,11 @@ def _type_problems(cfg) -> list:
         if not isinstance(getattr(cfg, k), bool): out.append(f'{k}={getattr(cfg, k)!r} must be True or False')
     if cfg.name is not None and (not isinstance(cfg.name, str) or not cfg.name or '/' in cfg.name or cfg.name.startswith('.')):
         out.append(f'name={cfg.name!r} must be a plain folder name (no "/", not starting with ".") or None')
+    for k in ('name', 'out_dir', 'data_dir'):
+        v = getattr(cfg, k)
+        if isinstance(v, str) and '\0' in v: out.append(f'{k}={v!r} contains a NUL character, which no file name can hold')
+    if isinstance(cfg.name, str) and len(cfg.name.encode()) > NAME_MAX:
+        out.append(f'name={cfg.name[:40]!r}... is {len(cfg.name.encode())} bytes long; a folder name holds at most {NAME_MAX}')
     return out
 
 # %% ../nbs/00_config.ipynb #e9753774
@@ -183,7 +199,7 @@ def _range_problems(cfg) -> list:
     for k in ('epochs', 'batch_size', 'attack_steps', 'eval_steps'): need(k, lambda v: v > 0, 'must be positive')
     for k in ('width', 'n_train', 'n_test'): need(k, lambda v: v is None or v > 0, 'must be positive (or None)')
     need('proj_dim', lambda v: v >= 0, 'must be 0 (no projection) or positive')
-    need('seed', lambda v: v >= 0, 'must be non-negative')
+    need('seed', lambda v: 0 <= v <= SEED_MAX, f'must lie in [0, {SEED_MAX}] (NumPy seeds are 32-bit; the validation split uses seed + 1)')
     need('threads', lambda v: v >= 0, 'must be 0 (torch default) or positive')
     need('epoch_pgd_points', lambda v: v >= 0, 'must be 0 (no per-epoch PGD) or positive')
     for k in _FLOATS:
@@ -216,7 +232,16 @@ def _range_problems(cfg) -> list:
     for k, n in (('n_train', n_train), ('n_test', n_test)):
         v = getattr(cfg, k)
         if n is not None and _is_int(v) and v > n: out.append(f'{k}={v} is larger than {cfg.dataset} has ({n})')
+    if not out and (n := cfg.n_train or n_train) is not None and (left := training_size(n, cfg)) < cfg.batch_size:
+        out.append(f'n_train={cfg.n_train}, val_fraction={cfg.val_fraction}, batch_size={cfg.batch_size}: {left} training '
+                   f'images remain after the validation split, fewer than one batch (every epoch would take no step); '
+                   f'use more training images, a smaller val_fraction or a smaller batch_size')
     return out
+
+def training_size(n: int, cfg) -> int:
+    "Training images left of `n` after `cfg`'s validation split (which holds at least one image per class)."
+    if cfg.val_fraction <= 0: return n
+    return n - min(n, max(DATASET_CLASSES.get(cfg.dataset, 1), round(cfg.val_fraction * n)))
 
 def config_problems(cfg) -> list:
     "Every problem of `cfg`, one message each (empty when valid)."
@@ -244,6 +269,12 @@ PRESET_VALUES = {
 # %% ../nbs/00_config.ipynb #7d567bf1
 FIELDS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
+def closest(word: str, choices, aliases: dict | None = None) -> str | None:
+    "The choice `word` most likely means (a known alias first, else the closest spelling); None if none is close."
+    if aliases and word in aliases: return aliases[word]
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
 _ALIASES = {'learning_rate': 'lr', 'wd': 'weight_decay', 'bs': 'batch_size', 'epsilon': 'eps', 'lambda': 'lambda_pa',
             'architecture': 'arch', 'model': 'arch', 'head': 'classifier', 'steps': 'attack_steps'}  # common other names
 
@@ -254,8 +285,8 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
     if dataset not in DATASETS: problems.append(f'dataset={dataset!r} is not valid; choose one of {list(DATASETS)}')
     for k in overrides:
         if k not in FIELDS:
-            close = [_ALIASES[k]] if k in _ALIASES else difflib.get_close_matches(k, FIELDS, n=1)
-            problems.append(f'unknown parameter {k!r}' + (f' (did you mean {close[0]!r}?)' if close else '')
+            close = closest(k, FIELDS, _ALIASES)
+            problems.append(f'unknown parameter {k!r}' + (f' (did you mean {close!r}?)' if close else '')
                             + f'; valid parameters: {", ".join(FIELDS)}')
     if problems: raise ConfigError(problems)
     return RunConfig(**{**PRESET_VALUES[preset][dataset], 'preset': preset, 'dataset': dataset, **overrides})
@@ -265,24 +296,34 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
 LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0,
                    'schedule': 'step', 'warmup_epochs': 0.0, 'proto_lr_mult': 1.0, 'val_fraction': 0.0, 'epoch_pgd_points': 0}
 
-def save_config(cfg: RunConfig, path) -> None:
-    "Write `cfg` as JSON to `path`, atomically (advdpnp.runs.write_json)."
-    from advdpnp.runs import write_json
-    write_json(path, cfg.to_dict())
-
 def load_config(path) -> RunConfig:
-    "Read and validate a config written by `save_config`; every field must be there (except `LEGACY_DEFAULTS`')."
-    try: d = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError([f'{path} is not valid JSON ({e}): the file is damaged; restore it, or retrain the run with '
-                           f'overwrite=True']) from None
-    if not isinstance(d, dict): raise ConfigError([f'{path} holds {type(d).__name__}, not a run configuration (a JSON object)'])
+    "Read and validate a run's `config.json` (`cfg.to_dict()` as JSON); every field must be there (except `LEGACY_DEFAULTS`')."
+    try: d = read_json(path, 'run configuration')
+    except ValueError as e: raise ConfigError([f'{e}; or retrain the run with overwrite=True']) from None
     unknown = sorted(set(d) - set(FIELDS))
     if unknown: raise ConfigError([f'{path}: unknown parameter(s) {unknown}; valid parameters: {", ".join(FIELDS)}'])
     missing = [k for k in FIELDS if k not in d and k not in LEGACY_DEFAULTS]
     if missing: raise ConfigError([f'{path} lacks {missing}: a config.json holds every parameter (a missing one would '
                                    f'silently take the default); restore it from the run\'s checkpoint or retrain'])
     return RunConfig(**{**LEGACY_DEFAULTS, **d})
+
+# %% ../nbs/00_config.ipynb #9285ba2e
+NOT_IDENTITY = {   # field -> why changing it cannot change the trained weights
+    'overwrite': 'what to do with an existing folder, not how to train',
+    'device': 'where the arithmetic runs (float results differ only at rounding level)',
+    'data_dir': 'where the same dataset files are found',
+    'download': 'whether missing files may be fetched',
+    'out_dir': 'where the run folder lives',
+    'name': 'what the run folder is called',
+    'threads': 'how many CPU threads compute the same operations',
+    'epoch_pgd_points': 'an observation after each epoch; it forks the random state, so training draws the same numbers',
+}
+
+def config_differences(saved: dict, cfg: RunConfig) -> dict:
+    "{field: (saved, cfg's)} for every identity field in which the saved config dict differs from `cfg`."
+    saved = {**LEGACY_DEFAULTS, **saved}
+    norm = lambda v: list(v) if isinstance(v, tuple) else v
+    return {k: (saved.get(k, '<missing>'), v) for k, v in cfg.identity().items() if norm(saved.get(k, '<missing>')) != v}
 
 # %% ../nbs/00_config.ipynb #aafcafd7
 FLOAT_FIELDS = _FLOATS
@@ -315,9 +356,43 @@ def check_notebook_parameters(history, namespace: dict, numeric=()) -> dict:
     injected, declared = _assigned(history[i]), _assigned(history[i - 1]) if i else []
     unknown = [k for k in injected if k not in declared]
     if unknown:
-        hints = [f'{k!r}' + (f' (did you mean {close[0]!r}?)' if (close := difflib.get_close_matches(k, declared, n=1)) else '')
-                 for k in unknown]
+        hints = [f'{k!r}' + (f' (did you mean {close!r}?)' if (close := closest(k, declared)) else '') for k in unknown]
         raise ConfigError([f'unknown notebook parameter {", ".join(hints)}; this notebook\'s parameters: {", ".join(declared)}'])
     for k in numeric:
         if k in namespace: namespace[k] = parse_fraction(namespace[k])
     return {k: namespace.get(k) for k in injected}
+
+# %% ../nbs/00_config.ipynb #5d397819
+NOTEBOOK_DEFAULTS = {'dataset': 'cifar10', 'method': 'adv_dpnp', 'preset': 'paper', 'device': 'auto', 'out_dir': 'runs', 'name': None}
+_NOTEBOOK_TYPES = {'str': 'str', 'str | None': 'str', 'int': 'int', 'int | None': 'int', 'float': 'float', 'bool': 'bool', 'tuple': 'list'}
+
+def parameter_help() -> dict:
+    "field -> its one-line description (the comment beside it in `RunConfig`), 'one of X' spelled out as the choices."
+    import importlib, re
+    from fastcore.docments import docments
+    docs = docments(importlib.import_module('advdpnp.config').RunConfig, full=False)   # read from the module's source
+    spell = lambda f, text: re.sub(r'^one of [A-Z_]+', ' | '.join(_CHOICES[f]), text) if f in _CHOICES else text
+    return {f: spell(f, docs.get(f) or '') for f in FIELDS}
+
+def _groups() -> dict:
+    "field -> the heading of its group ('# -- what to train' above it in RunConfig's source)."
+    import importlib, inspect, re
+    group, out = '', {}
+    for line in inspect.getsource(importlib.import_module('advdpnp.config').RunConfig).splitlines():
+        if m := re.match(r'\s+# -- (.*)', line): group = m.group(1)
+        elif m := re.match(r'\s+(\w+):', line): out[m.group(1)] = group
+    return out
+
+def notebook_parameter_cell() -> str:
+    "The parameters cell of train.ipynb: every RunConfig field, typed, `None` (the preset's value) unless in NOTEBOOK_DEFAULTS, with its help."
+    helps, groups, lines, last = parameter_help(), _groups(), [], None
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    for f in dataclasses.fields(RunConfig):
+        if groups[f.name] != last: lines.append(f'# {groups[f.name]}'); last = groups[f.name]
+        kind = _NOTEBOOK_TYPES[f.type]
+        if f.name in NOTEBOOK_DEFAULTS: value, note = repr(NOTEBOOK_DEFAULTS[f.name]), ''
+        else:
+            d = defaults[f.name]
+            value, note = 'None', " (None: the preset's value" + ('' if d is None else f", else {list(d) if isinstance(d, tuple) else d!r}") + ')'
+        lines.append(f'{f.name}: {kind} = {value}  # {helps[f.name]}{note}')
+    return '\n'.join(lines)

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from .attacks import correct_under_attack
 from .data import balanced_subset
 from .evaluate import load_run_test_points
-from .runs import RunLock, atomic_write, write_json
+from .files import atomic_write
+from .runs import RunFolder
 
 # %% auto #0
 __all__ = ['CORRUPTIONS', 'SEVERITIES', 'CIFAR10C_URL', 'CIFAR10C_MD5', 'GENERATED_NOTE', 'OFFICIAL_NOTE', 'CORRUPTION_CACHE',
@@ -126,19 +127,23 @@ def _version(package: str) -> str:
     try: return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError: return 'none'
 
+def _pixels_sha256(x: torch.Tensor) -> str: return hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()
+
 def cached_corruption(images: torch.Tensor, corruption: str, severity: int, seed: int = 0, cache_dir=None) -> torch.Tensor:
-    "`generate_corruption`, kept in `cache_dir` (None: no cache) under a key of everything that determines its pixels."
+    "`generate_corruption`, kept in `cache_dir` (None: no cache) under a key of everything that determines its pixels; a cached file is used only if its key and its pixels' SHA-256 check out."
     if cache_dir is None: return generate_corruption(images, corruption, severity, seed)
     what = repr((tuple(images.shape), corruption, severity, seed, [_version(p) for p in _GENERATORS])).encode()
-    key = hashlib.sha256(images.contiguous().numpy().tobytes() + what).hexdigest()[:24]
-    path = Path(cache_dir) / f'{corruption}-{severity}-{key}.pt'
+    key = hashlib.sha256(images.contiguous().numpy().tobytes() + what).hexdigest()
+    path = Path(cache_dir) / f'{corruption}-{severity}-{key[:24]}.pt'
     try:
-        x = torch.load(path)
-        if x.shape == images.shape and x.dtype == torch.uint8: return x
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError): pass   # absent or unreadable: generate it again
-    x = generate_corruption(images, corruption, severity, seed)
+        entry = torch.load(path, weights_only=True)
+        x = entry['images'] if isinstance(entry, dict) else None
+        if x is not None and entry['key'] == key and x.shape == images.shape and x.dtype == torch.uint8 and entry['sha256'] == _pixels_sha256(x):
+            return x
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, AttributeError): pass
+    x = generate_corruption(images, corruption, severity, seed)     # absent, unreadable, foreign or altered: generated again
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: torch.save(x, p))
+    atomic_write(path, lambda p: torch.save({'key': key, 'sha256': _pixels_sha256(x), 'images': x}, p))
     return x
 
 # %% ../nbs/07_corruptions.ipynb #9b749cd8
@@ -192,20 +197,15 @@ def plot_corruptions(result: dict, title: str = ''):
 def evaluate_run_corruptions(run_dir, source: str = 'auto', n_eval: int | None = None, download: bool = False,
                              batch_size: int = 256, device: str = 'cpu', progress: bool = True, points=None) -> dict:
     "Corruption accuracy of a run folder's model on its test (sub)set (or on a class-balanced n_eval of `points` already loaded); writes results and figure there."
-    run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     if source not in SOURCES: raise ValueError(f'source={source!r}; choose one of {list(SOURCES)}')
-    with RunLock(run_dir):   # writable, and nobody retrains the folder meanwhile
-        points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
+    with folder.lock():   # writable, and nobody retrains the folder meanwhile
+        points = load_run_test_points(folder.path, n_eval, device) if points is None else points.subset(n_eval)
         model, cfg, images, labels = points
         result = evaluate_corruptions(model, images, labels, source, cfg.data_dir, download, n_eval, batch_size=batch_size,
-                                      seed=cfg.seed, progress=progress, cache_dir=run_dir.parent / CORRUPTION_CACHE)
-        result.update(run=run_dir.name, scale=cfg.preset, dataset=cfg.dataset, method=cfg.method, **points.description)
-        _write_corruptions(run_dir, result, cfg)
+                                      seed=cfg.seed, progress=progress, cache_dir=folder.path.parent / CORRUPTION_CACHE)
+        result.update(run=folder.path.name, preset=cfg.preset, dataset=cfg.dataset, method=cfg.method, **points.description)
+        fig = plot_corruptions(result, f'{folder.path.name} ({cfg.preset} preset)')
+        folder.write_corruptions(result, pd.DataFrame(result['table']), fig)
+        plt.close(fig)
     return result
-
-def _write_corruptions(run_dir: Path, result: dict, cfg) -> None:
-    write_json(run_dir / 'corruptions.json', result)
-    atomic_write(run_dir / 'corruptions.csv', lambda p: pd.DataFrame(result['table']).to_csv(p, index=False))
-    fig = plot_corruptions(result, f'{run_dir.name} ({cfg.preset} scale)')
-    atomic_write(run_dir / 'corruption_severity.png', lambda p: fig.savefig(p, dpi=110, format='png'))
-    plt.close(fig)

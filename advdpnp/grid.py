@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .config import METHODS, load_config, make_config
-from .runs import write_json
+from .config import METHODS, config_differences, make_config
+from .runs import RunFolder, evaluation_request
 
 # %% auto #0
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'SCALE_PLANS', 'PARTS', 'sweep_overrides',
-           'GridRun', 'Grid', 'merge_eval', 'build_grid', 'select_parts', 'GridConflictError', 'run_state', 'repo_root',
-           'run_grid']
+           'GridRun', 'Grid', 'merge_eval', 'build_grid', 'select_parts', 'GridConflictError', 'run_config',
+           'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
 SCALES = ('paper', 'cpu', 'micro')
@@ -154,7 +154,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
         params = dict(dataset=dataset, preset=plan['preset'], method=method, seed=seed, **_fill(overrides, paths),
                       **({'amp': amp} if amp is not None else {}))
         cfg = make_config(params['preset'], dataset, **{k: v for k, v in params.items() if k not in ('dataset', 'preset')})
-        key = json.dumps(cfg.to_dict(), sort_keys=True)   # the resolved config: same training, same run
+        key = json.dumps(cfg.identity(), sort_keys=True)   # the resolved config's identity: same training, same run
         if key in keys:
             run = grid.runs[keys[key]]
             run.evaluate = merge_eval(run.evaluate, evaluate)
@@ -196,24 +196,34 @@ def select_parts(grid: Grid, parts=None) -> Grid:
 class GridConflictError(RuntimeError):
     "A run folder of the grid holds a different configuration."
 
-# where and how fast it runs, and what it only observes (the per-epoch PGD forks the random state): not what it trains
-_IGNORED = ('out_dir', 'name', 'overwrite', 'device', 'data_dir', 'download', 'threads', 'epoch_pgd_points')
+def run_config(run: GridRun):
+    "The validated RunConfig that `run`'s train.ipynb parameters describe."
+    p = run.train
+    return make_config(p['preset'], p['dataset'], **{k: v for k, v in p.items() if k not in ('dataset', 'preset')})
 
 def run_state(grid: Grid, run: GridRun) -> dict:
-    "{'trained': bool, 'evaluated': bool, 'partial': bool} of a run folder; GridConflictError if it holds another config."
-    d = grid.run_dir(run.name)
-    if not (d / 'config.json').exists(): return {'trained': False, 'evaluated': False, 'partial': False}
-    have = load_config(d / 'config.json').to_dict()
-    p = run.train
-    want = make_config(p['preset'], p['dataset'], **{k: v for k, v in p.items() if k not in ('dataset', 'preset')}).to_dict()
-    diff = {k: (have[k], want[k]) for k in want if k not in _IGNORED and have[k] != want[k]}
+    "{'trained': bool, 'evaluated': bool, 'partial': bool} of a run folder; GridConflictError if it holds another run (identity)."
+    folder = RunFolder(grid.run_dir(run.name))
+    if not folder.file(folder.CONFIG).exists(): return {'trained': False, 'evaluated': False, 'partial': False}
+    diff = config_differences(folder.config().to_dict(), run_config(run))
     if diff:
-        raise GridConflictError(f'{d} holds a different run (field: (found, wanted)) {diff}; '
+        raise GridConflictError(f'{folder.path} holds a different run (field: (found, wanted)) {diff}; '
                                 f'delete it or choose another out_dir')
-    trained = (d / 'metrics.json').exists()
-    marker = d / 'grid_eval.json'
-    evaluated = run.evaluate is None or (trained and marker.exists() and json.loads(marker.read_text()) == run.evaluate)
+    trained = folder.finished
+    evaluated = run.evaluate is None or (trained and folder.grid_marker() == run.evaluate)
     return {'trained': trained, 'evaluated': evaluated, 'partial': not trained}
+
+def grid_request(grid: Grid, name: str) -> dict | None:
+    "The evaluation request (`evaluation_request`) that the grid makes of run `name`; None if it asks for none or the run has not finished."
+    run, folder = grid.runs[name], RunFolder(grid.run_dir(name))
+    if run.evaluate is None or not folder.finished: return None
+    e = run.evaluate
+    return evaluation_request(folder.config(), e['attacks'].split(','), e['n_eval'], e.get('n_autoattack'), None, e['soundness'])
+
+def grid_evaluation(grid: Grid, name: str) -> dict | None:
+    "The evaluation that the grid asked of run `name` (verified by its run folder); None if not evaluated."
+    request = grid_request(grid, name)
+    return None if request is None else RunFolder(grid.run_dir(name)).evaluation(request)
 
 def repo_root(start=None) -> Path:
     "The folder holding nbs/train.ipynb: the working directory or its parent (when run from nbs/)."
@@ -235,11 +245,11 @@ def _run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, ex
         execute(root / 'nbs' / 'train.ipynb', nb_dir / f'{run.name}-train.ipynb', {**run.train, **extra, 'overwrite': False}, root)
         did.append('trained')
     if not state['evaluated'] and run.evaluate is not None:
-        marker = grid.run_dir(run.name) / 'grid_eval.json'
-        if marker.exists(): marker.unlink()
+        folder = RunFolder(grid.run_dir(run.name))
+        folder.clear_grid_marker()
         execute(root / 'nbs' / 'evaluate.ipynb', nb_dir / f'{run.name}-evaluate.ipynb',
-                {'run_dir': str(grid.run_dir(run.name)), 'device': run.train['device'], **run.evaluate, **extra}, root)
-        write_json(marker, run.evaluate)
+                {'run_dir': str(folder.path), 'device': run.train['device'], **run.evaluate, **extra}, root)
+        folder.write_grid_marker(run.evaluate)
         did.append('evaluated')
     return {'run': run.name, 'done': '+'.join(did) or 'skipped (already done)',
             'seconds': round((datetime.datetime.now() - t0).total_seconds(), 1)}

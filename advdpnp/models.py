@@ -14,7 +14,8 @@ from .config import ARCHS, PROTO_INITS, RunConfig
 
 # %% auto #0
 __all__ = ['DEFAULT_WIDTHS', 'Normalize', 'conv_bn_relu', 'SmallCNN', 'PreActBlock', 'PreActNet', 'preact_resnet18', 'wrn34_10',
-           'cifar_resnet18', 'build_backbone', 'PrototypeHead', 'LinearHead', 'Classifier', 'build_model']
+           'cifar_resnet18', 'build_backbone', 'PrototypeHead', 'LinearHead', 'Classifier', 'build_model',
+           'onednn_unsafe', 'to_channels_last']
 
 # %% ../nbs/02_models.ipynb #8df3ede9
 class Normalize(nn.Module):
@@ -148,3 +149,22 @@ def build_model(cfg: RunConfig, input_shape, num_classes: int, mean=None, std=No
     return Classifier(backbone, num_classes, cfg.head, cfg.alpha, cfg.proj_dim,
                       mean if mean is not None else [0.0] * channels, std if std is not None else [1.0] * channels,
                       cfg.proto_init)
+
+# %% ../nbs/02_models.ipynb #850ceb41
+def onednn_unsafe(module: nn.Module) -> bool:
+    "A strided 1x1 convolution with 2-15 input channels: its channels-last weight gradient overflows a buffer in oneDNN 3.12 (uxlfoundation/oneDNN#6035)."
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and max(module.stride) > 1
+            and 1 < module.in_channels < 16)
+
+def _contiguous_input(module, args): return (args[0].contiguous(),) + tuple(args[1:])
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    "`model` in channels-last memory format, in place, except the `onednn_unsafe` convolutions (contiguous, with contiguous inputs)."
+    model.to(memory_format=torch.channels_last)
+    for m in model.modules():
+        if not onednn_unsafe(m): continue
+        m.to(memory_format=torch.contiguous_format)
+        if not getattr(m, '_contiguous_guard', False):     # one hook, however often the model is converted
+            m.register_forward_pre_hook(_contiguous_input)
+            m._contiguous_guard = True
+    return model

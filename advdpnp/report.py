@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import datetime
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,49 +13,34 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 
-from .analysis import angle_summary, feature_metrics, pairwise_angles, plot_angles, plot_tsne, tsne_frame
-from .attacks import standard_error
-from .config import load_config
-from .grid import Grid
-from .runs import atomic_write, read_json, robust_key, write_json
+from .analysis import plot_angles, plot_tsne, tsne_frame
+from .claims import DEFENCES, claim_inputs, claim_verdicts, run_claim_inputs
+from .evaluate import model_card
+from .files import atomic_write, write_json
+from .grid import Grid, grid_evaluation, grid_request
+from .runs import RunFolder, robust_key
+from .stats import correlated_mean_se, mean_over_seeds, standard_error
 
 # %% auto #0
-__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'Z95', 'DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED',
-           'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'StaleResultError', 'check_fresh', 'collect_results', 'Artifacts',
-           'with_errors', 'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label',
-           'sensitivity_frame', 'plot_sensitivity', 'plot_training_curves', 'robustness_curves',
-           'plot_robustness_curves', 'leaderboard', 'run_times', 'bootstrap_ratio', 'random_simplex_gap',
-           'claim_inputs', 'claim_verdicts', 'write_artifacts']
+__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'collect_results', 'Artifacts', 'with_errors',
+           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
+           'plot_sensitivity', 'plot_training_curves', 'robustness_curves', 'plot_robustness_curves', 'leaderboard',
+           'run_times', 'claim_runs', 'write_result_tables', 'plot_corruption_severity', 'plot_corruption_bars',
+           'write_corruption_artifacts', 'write_feature_artifacts', 'write_ablation_and_sensitivity',
+           'write_curve_figures', 'write_leaderboard', 'write_run_times', 'write_claims', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
                   'worst_case': 'worst case'}
 
-def _read(path):
-    return read_json(path) if Path(path).exists() else None
-
-class StaleResultError(RuntimeError):
-    "An evaluation artifact that belongs to another checkpoint than its run folder's."
-
-def check_fresh(artifact: dict | None, metrics: dict, path) -> dict | None:
-    "`artifact` if it was computed on the checkpoint that `metrics` describes; StaleResultError otherwise."
-    if artifact is None: return None
-    have, want = artifact.get('checkpoint_sha256'), metrics.get('checkpoint_sha256')
-    if have and want and have != want:
-        raise StaleResultError(f'{path} was computed on another checkpoint ({have[:12]}…) than the run\'s ({want[:12]}…): '
-                               f'delete it and evaluate the run again')
-    return artifact
-
 def collect_results(grid: Grid) -> pd.DataFrame:
     "One row per grid entry with its run's training metrics and evaluation accuracies (percent)."
     rows = []
     for e in grid.entries:
-        d = grid.run_dir(e['run'])
-        m = _read(d / 'metrics.json')
-        if m is None: raise FileNotFoundError(f'{d / "metrics.json"} is missing: run the grid first (run=True)')
-        ev = check_fresh(_read(d / 'eval.json'), m, d / 'eval.json')
+        folder = RunFolder(grid.run_dir(e['run']))
+        if not folder.finished: raise FileNotFoundError(f'{folder.file(folder.METRICS)} is missing: run the grid first (run=True)')
+        m, ev = folder.metrics(), grid_evaluation(grid, e['run'])   # the evaluation the grid asked for, verified
         pgd_key = robust_key(m)
         row = {**e, 'train_clean': 100 * m['clean_acc'], 'train_pgd': 100 * m[pgd_key], 'n_test': m['n_test'],
                'train_seconds': m['train_seconds'], 'head': m.get('head')}
@@ -131,20 +115,6 @@ def _portable(obj, root):
     return obj
 
 # %% ../nbs/09_report.ipynb #cd2bdff9
-def _mean_std(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
-    "Mean over seeds and a standard error per column: SE² = mean of the runs' `<col> SE`² (shared) + seeds' variance / seeds."
-    g = frame.groupby(by, sort=False)
-    mean, var, k = g[cols].mean(), g[cols].var(ddof=1).fillna(0.0), g.size()
-    out = mean.copy()
-    for c in cols:
-        if f'{c} SE' in frame: shared = g[f'{c} SE'].agg(lambda s: (s ** 2).mean())
-        elif (k > 1).any(): shared = var[c] * 0
-        else: continue
-        se = (shared + var[c] / k) ** 0.5   # the seeds see the same test points: that part of the error does not shrink
-        out[f'{c} SE'] = se if f'{c} SE' in frame else se.where(k > 1)   # one seed, no per-run error: unknown, not 0
-    out['seeds'] = k.astype(int)
-    return out
-
 def with_errors(df: pd.DataFrame, digits: int = 1) -> pd.DataFrame:
     "Columns `c` with a `c SE` beside them printed as 'mean ± SE' (for Markdown and LaTeX)."
     out = df.copy()
@@ -158,7 +128,7 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
     "Methods x attacks (percent, mean over seeds) of the main runs on `dataset`."
     main = results[(results['group'] == 'main') & (results['dataset'] == dataset)]
     cols = [c for c in ATTACK_COLUMNS.values() if c in main and main[c].notna().any()]
-    out = _mean_std(main, 'method', cols)
+    out = mean_over_seeds(main, 'method', cols)
     out['n_eval'] = main.groupby('method', sort=False)['n_eval'].first().astype('Int64')
     if 'n_autoattack' in main and main['n_autoattack'].notna().any():
         out['n_autoattack'] = main.groupby('method', sort=False)['n_autoattack'].first().astype('Int64')
@@ -167,14 +137,14 @@ def results_table(results: pd.DataFrame, dataset: str) -> pd.DataFrame:
 # %% ../nbs/09_report.ipynb #600925f3
 def _corruption_se(table: list, severity=None) -> float:
     "SE bound (percent) of a mean over (corruption, severity) pairs: the mean of their binomial errors (perfectly correlated pairs)."
-    return 100 * float(np.mean([standard_error(t['accuracy'], t['n']) for t in table if severity is None or str(t['severity']) == str(severity)]))
+    pairs = [t for t in table if severity is None or str(t['severity']) == str(severity)]
+    return 100 * correlated_mean_se([t['accuracy'] for t in pairs], [t['n'] for t in pairs])
 
 def corruption_tables(grid: Grid):
     "Per-method CIFAR-10-C summary (percent), the long per-(corruption, severity) frame, and the source note."
     summary, long, notes = [], [], set()
     for e in (e for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar):
-        d = grid.run_dir(e['run'])
-        c = check_fresh(_read(d / 'corruptions.json'), _read(d / 'metrics.json') or {}, d / 'corruptions.json')
+        c = RunFolder(grid.run_dir(e['run'])).corruptions()
         if c is None: continue
         notes.add(f"{c['source']}: {c['note']}")
         summary.append({'method': e['method'], 'seed': e['seed'], 'mean': 100 * c['mean_accuracy'],
@@ -184,14 +154,13 @@ def corruption_tables(grid: Grid):
     if not summary: return None, None, None
     summary = pd.DataFrame(summary)
     cols = [c for c in summary.columns if c not in ('method', 'seed') and not c.endswith(' SE')]
-    return _mean_std(summary, 'method', cols), pd.DataFrame(long), '; '.join(sorted(notes))
+    return mean_over_seeds(summary, 'method', cols), pd.DataFrame(long), '; '.join(sorted(notes))
 
 def feature_tables(grid: Grid):
     "Feature metrics (dataset, method, input) and angle summaries (dataset, method) of the main runs, mean over seeds (± SE over seeds); (angle matrix, class vectors, run) of each (dataset, method)'s first seed."
     rows, angles, matrices = [], [], {}
     for e in sorted((e for e in grid.entries if e['group'] == 'main'), key=lambda e: e['seed']):
-        d = grid.run_dir(e['run'])
-        f = check_fresh(_read(d / 'features.json'), _read(d / 'metrics.json') or {}, d / 'features.json')
+        f = RunFolder(grid.run_dir(e['run'])).features()
         if f is None: continue
         for inp, m in f['metrics'].items():
             rows.append({'dataset': e['dataset'], 'method': e['method'], 'input': 'clean' if inp == 'clean' else f['attack'],
@@ -203,7 +172,7 @@ def feature_tables(grid: Grid):
     if not rows: return None, None, {}
     def over_seeds(frame, by, same=()):   # `same`: columns equal across seeds, shown once
         cols = [c for c in frame.columns if c not in (*by, *same, 'seed') and not c.endswith(' SE')]
-        out = _mean_std(frame, by, cols)
+        out = mean_over_seeds(frame, by, cols)
         for c in same: out[c] = frame.groupby(by, sort=False)[c].first()
         order = [x for c in frame.columns if c in out and not c.endswith(' SE') for x in (c, f'{c} SE') if x in out]
         return out[order + ['seeds']].reset_index()
@@ -216,13 +185,12 @@ def tsne_figure(grid: Grid, dataset: str, seed: int = 0):
     entries = [e for e in grid.entries if e['group'] == 'main' and e['dataset'] == dataset and e['seed'] == seed]
     for inp, label in (('clean', 'clean'), ('pgd', 'PGD-20')):
         for e in entries:
-            path = grid.run_dir(e['run']) / 'features.npz'
-            if not path.exists(): continue
-            z = np.load(path)
+            z = RunFolder(grid.run_dir(e['run'])).feature_arrays()
+            if z is None: continue
             frames[f"{e['method']} ({label})"] = tsne_frame(z[f'{inp}_features'], z['labels'], seed=seed)
             runs.append(e['run'])
     if not frames: return None, []
-    classes = (_read(grid.run_dir(runs[0]) / 'features.json') or {}).get('classes') or None
+    classes = RunFolder(grid.run_dir(runs[0])).features().get('classes') or None
     return plot_tsne(frames, f't-SNE of penultimate features, {dataset_label(dataset)}, n = {len(z["labels"])} test points '
                      f'({grid.scale} scale)', ncols=max(1, len(frames) // 2), classes=classes), runs
 
@@ -260,7 +228,7 @@ def plot_training_curves(grid: Grid):
     "Clean and PGD-10 test accuracy (%) and the training objective relative to its first epoch, per epoch (mean ± SE over seeds)."
     frames = []
     for e in (e for e in grid.entries if e['group'] == 'main'):
-        h = pd.read_csv(grid.run_dir(e['run']) / 'history.csv')
+        h = RunFolder(grid.run_dir(e['run'])).history()
         h = h.assign(clean=100 * h['test_acc'], objective=h['loss'] / h['loss'].iloc[0], dataset=e['dataset'],
                      method=e['method'], seed=e['seed'])
         if 'test_pgd_acc' in h: h['PGD'] = 100 * h['test_pgd_acc']
@@ -286,7 +254,7 @@ def robustness_curves(grid: Grid) -> pd.DataFrame | None:
     "PGD-20 accuracy (%) against eps of every main run whose evaluation ran the soundness report (its eps sweep), with binomial SE."
     rows = []
     for e in (e for e in grid.entries if e['group'] == 'main'):
-        ev = _read(grid.run_dir(e['run']) / 'eval.json')
+        ev = grid_evaluation(grid, e['run'])
         if not ev or 'soundness' not in ev: continue
         s = ev['soundness']
         for eps, acc in s['measurements']['by_eps'].items():
@@ -313,8 +281,9 @@ def leaderboard(grid: Grid) -> pd.DataFrame | None:
     "RobustBench-style table of every evaluated run's model card, sorted by AutoAttack (then worst case) accuracy."
     rows = []
     for name in grid.runs:
-        card = _read(grid.run_dir(name) / 'model_card.json')
-        if card is None: continue
+        ev = grid_evaluation(grid, name)
+        if ev is None: continue
+        card = ev.get('model_card') or model_card(RunFolder(grid.run_dir(name)).config(), ev)   # older evaluations: made here
         se = card.get('standard_errors', {})
         rows.append({'run': name, 'dataset': dataset_label(card['dataset']), 'architecture': card['architecture'],
                      'clean': float(card['clean_acc']), 'clean SE': float(se.get('clean', 'nan')),
@@ -328,15 +297,16 @@ def leaderboard(grid: Grid) -> pd.DataFrame | None:
 
 # %% ../nbs/09_report.ipynb #8b4d0bb3
 def run_times(grid: Grid) -> pd.DataFrame | None:
-    "Minutes per stage of every finished run of `grid` (index: run), from metrics.json, eval.json and file times."
+    "Minutes per stage of every finished run of `grid` (index: run), from its metrics, the grid's evaluation and file times."
     rows = []
     for name in grid.runs:
-        d = grid.run_dir(name)
-        m = _read(d / 'metrics.json')
-        if m is None: continue
-        ev = _read(d / 'eval.json') or {}
-        secs = ev.get('seconds', {})
-        rest = (d / 'grid_eval.json').stat().st_mtime - (d / 'eval.json').stat().st_mtime if ev and (d / 'grid_eval.json').exists() else 0.0
+        folder = RunFolder(grid.run_dir(name))
+        if not folder.finished: continue
+        m, request = folder.metrics(), grid_request(grid, name)
+        path = folder.evaluation_path(request) if request else None
+        secs = folder.evaluation(request)['seconds'] if path else {}
+        marker = folder.file(folder.GRID_EVAL)
+        rest = marker.stat().st_mtime - path.stat().st_mtime if path and marker.exists() else 0.0
         rows.append({'run': name, 'training': m['train_seconds'] / 60, 'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
                      'attacks': sum(secs.values()) / 60, 'of which AutoAttack': secs.get('autoattack', 0.0) / 60,
                      'corruptions and features (file times)': max(rest, 0.0) / 60})
@@ -345,160 +315,86 @@ def run_times(grid: Grid) -> pd.DataFrame | None:
     out['total'] = out.drop(columns='of which AutoAttack').sum(axis=1)
     return out
 
-# %% ../nbs/09_report.ipynb #20fb5061
-Z95 = 1.959963984540054
-DEFENCES = ('pgd_at', 'trades', 'mart')
-SUPPORTED, NOT_SUPPORTED, UNRESOLVED, NO_DATA = 'supported', 'not supported', 'not resolvable at this scale', 'no data'
-CLAIMS = ('1 clean accuracy at comparable AutoAttack', '2 best mean corruption accuracy', '3 compactness and separation',
-          '4 prototypes near the simplex')
-
-def bootstrap_ratio(features: np.ndarray, labels: np.ndarray, num_classes: int, draws: int = 200, seed: int = 0) -> tuple:
-    "The intra/inter ratio of `features` and its bootstrap standard error (points resampled with replacement)."
-    f, y = torch.as_tensor(np.asarray(features)), torch.as_tensor(np.asarray(labels))
-    rng = np.random.default_rng(seed)
-    ratio = lambda i: feature_metrics(f[i], y[i], num_classes)['intra_inter_ratio']
-    boots = [ratio(torch.as_tensor(rng.integers(0, len(y), len(y)))) for _ in range(draws)]
-    return ratio(torch.arange(len(y))), float(np.std(boots, ddof=1))
-
-def random_simplex_gap(num_classes: int, dim: int, draws: int = 200, seed: int = 0) -> float:
-    "Expected mean absolute gap (degrees) to the simplex angle of `num_classes` random directions in `dim` dimensions."
-    rng = np.random.default_rng(seed)
-    gap = lambda v: angle_summary(pairwise_angles(torch.as_tensor(v)))['mean_abs_gap_to_simplex']
-    return float(np.mean([gap(rng.standard_normal((num_classes, dim))) for _ in range(draws)]))
-
-def claim_inputs(grid: Grid, draws: int = 200) -> pd.DataFrame:
-    "Per method (mean over seeds, with SE) of the main runs on the CIFAR dataset: what `claim_verdicts` compares."
+# %% ../nbs/09_report.ipynb #e245a5c5
+def claim_runs(grid: Grid, draws: int = 200) -> list:
+    "`run_claim_inputs` of every main run on the CIFAR dataset, read from its run folder (what `claim_inputs` averages)."
     results = collect_results(grid)
     rows = []
     for _, r in results[(results['group'] == 'main') & (results['dataset'] == grid.cifar)].iterrows():
-        d, row = grid.run_dir(r['run']), {'method': r['method'], 'seed': r['seed']}
-        metrics = _read(d / 'metrics.json')
-        for col, n in (('clean', 'n_eval'), ('AutoAttack', 'n_autoattack')):
-            if pd.notna(r.get(col, np.nan)): row.update({col: r[col], f'{col} SE': r[f'{col} SE'], f'n {col}': r[n]})
-        c = check_fresh(_read(d / 'corruptions.json'), metrics, d / 'corruptions.json')
-        if c is not None:
-            row.update({'corruptions': 100 * c['mean_accuracy'], 'n corruptions': c['table'][0]['n'],
-                        'corruptions SE': _corruption_se(c['table'])})
-        f = check_fresh(_read(d / 'features.json'), metrics, d / 'features.json')
-        if f is not None:
-            z, k = np.load(d / 'features.npz'), len(f['angles'])
-            for inp in ('clean', 'pgd'):
-                row[f'ratio {inp}'], row[f'ratio {inp} SE'] = bootstrap_ratio(z[f'{inp}_features'], z['labels'], k, draws)
-            row.update({'n ratio clean': len(z['labels']), 'n ratio pgd': len(z['labels']), 'gap': f['mean_abs_gap_to_simplex'],
-                        'random gap': random_simplex_gap(k, z['clean_features'].shape[1], draws), 'class vectors': f['class_vectors']})
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    if frame.empty: return frame
-    cols = [c for c in frame.columns if c not in ('method', 'seed', 'class vectors') and not c.endswith(' SE') and not c.startswith('n ')]
-    out = _mean_std(frame, 'method', cols)
-    for c in [c for c in frame.columns if c.startswith('n ') or c == 'class vectors']:
-        out[c] = frame.groupby('method', sort=False)[c].first()
-    return out
+        folder = RunFolder(grid.run_dir(r['run']))
+        rows.append(run_claim_inputs(r, folder.corruptions(), folder.features(), folder.feature_arrays(), draws))
+    return rows
 
-def _diff(a: pd.Series, b: pd.Series, col: str, z: float = Z95) -> dict:
-    "Difference of `col` between two methods' rows with its 95 % interval (SE 0 where a row has none)."
-    se = math.hypot(*(float(s.get(f'{col} SE', 0.0)) if pd.notna(s.get(f'{col} SE', 0.0)) else 0.0 for s in (a, b)))
-    d = float(a[col] - b[col])
-    return {'difference': d, 'low': d - z * se, 'high': d + z * se}
+# %% ../nbs/09_report.ipynb #02845fb4
+def _runs_of(results: pd.DataFrame, mask) -> list:
+    "The run names of the rows of `results` that `mask` selects."
+    return results.loc[mask, 'run'].tolist()
 
-def _overall(verdicts: list, expected: int) -> str:
-    "A contradiction decides; support needs every expected comparison (a missing defence leaves the claim open)."
-    if not verdicts: return NO_DATA
-    if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
-    return SUPPORTED if len(verdicts) == expected and all(v == SUPPORTED for v in verdicts) else UNRESOLVED
-
-def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, z: float = Z95) -> pd.DataFrame:
-    "One row per comparison and one overall row per claim: difference, 95 % interval, n, verdict (rules above)."
-    rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
-    a = inputs.loc[method] if method in inputs.index else None
-    def add(claim, other, stat, col, verdict, **d):
-        value = a.get(col) if a is not None else np.nan
-        rows.append({'claim': claim, 'comparison': f'{method} vs {other}', 'statistic': stat, method: value,
-                     'other': inputs.loc[other, col] if other in inputs.index and col in inputs else np.nan,
-                     **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
-    c1, c2, c3, c4 = CLAIMS
-    claims = {c: {} for c in CLAIMS}   # claim -> {compared with: verdict}
-    for o in (o for o in against if o in inputs.index and a is not None):
-        if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
-            dc, da = _diff(a, inputs.loc[o], 'clean', z), _diff(a, inputs.loc[o], 'AutoAttack', z)
-            v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
-            add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
-            claims[c1][o] = v
-        if has(method, 'corruptions') and has(o, 'corruptions'):
-            d = _diff(a, inputs.loc[o], 'corruptions', z)
-            v = SUPPORTED if d['low'] > 0 else NOT_SUPPORTED if d['high'] < 0 else UNRESOLVED
-            add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2][o] = v
-        if has(method, 'ratio clean', 'ratio pgd') and has(o, 'ratio clean', 'ratio pgd'):
-            ds = [_diff(a, inputs.loc[o], f'ratio {i}', z) for i in ('clean', 'pgd')]
-            v = (NOT_SUPPORTED if any(d['low'] > 0 for d in ds) else SUPPORTED if all(d['high'] < 0 for d in ds) else UNRESOLVED)
-            for (i, label), d in zip((('clean', 'clean'), ('pgd', 'PGD-20')), ds):
-                add(c3, o, f'intra/inter ratio, {label} features (lower: better)', f'ratio {i}', v, **d)
-            claims[c3][o] = v
-    if a is not None and has(method, 'gap', 'random gap'):
-        seeds_se = pd.notna(a.get('gap SE', np.nan))
-        se, one = (float(a['gap SE']), '') if seeds_se else (0.0, ', one seed: no interval')
-        d = float(a['gap'] - a['random gap'] / 2)
-        v = SUPPORTED if d + z * se < 0 else NOT_SUPPORTED if d - z * se > 0 else UNRESOLVED
-        rows.append({'claim': c4, 'comparison': f'{method} vs half of random directions ({a["random gap"]:.1f}°)',
-                     'statistic': f'mean absolute gap of the pairwise angles to the simplex angle (degrees){one}', method: a['gap'], 'other': a['random gap'] / 2,
-                     'difference': d, 'low': d - z * se, 'high': d + z * se, 'n': a['seeds'], 'verdict': v})
-        claims[c4]['random directions'] = v
-    for claim, done in claims.items():
-        expected = 1 if claim == c4 else len(against)
-        missing = [o for o in against if o not in done] if claim != c4 and len(done) < expected else []
-        rows.append({'claim': claim, 'comparison': 'overall',
-                     'statistic': f'{len(done)} of {expected} comparison(s)' + (f"; missing: {', '.join(missing)}" if missing else ''),
-                     'verdict': _overall(list(done.values()), expected)})
-    out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
-    return out.rename(columns={method: f'{method} (mean over seeds)'})
-
-# %% ../nbs/09_report.ipynb #63851253
-def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None) -> dict:
-    "Every table and figure of the grid's results into `folder`, plus manifest.json; returns the artifact list."
-    out = Artifacts(Path(folder), grid)
-    results = collect_results(grid)
-    runs_of = lambda mask: results.loc[mask, 'run'].tolist()
+def write_result_tables(out: Artifacts, results: pd.DataFrame) -> None:
+    "One results table per main dataset (the CIFAR one with the published numbers below it), then the published table."
     for ds in dict.fromkeys(results.loc[results['group'] == 'main', 'dataset']):
         extra = ''
-        if ds == grid.cifar:
+        if ds == out.grid.cifar:
             extra = f'### {PUBLISHED_NOTE}\n\n{PUBLISHED.to_markdown(index=False, floatfmt=".2f")}'
         out.table(results_table(results, ds), f'results_{ds}', f'Robust accuracy (%) on {dataset_label(ds)}, per method',
-                  runs_of((results['group'] == 'main') & (results['dataset'] == ds)), extra)
+                  _runs_of(results, (results['group'] == 'main') & (results['dataset'] == ds)), extra)
     out.table(PUBLISHED, 'published_cifar10', PUBLISHED_NOTE, index=False)
+
+# %% ../nbs/09_report.ipynb #47f3f6b3
+def plot_corruption_severity(long: pd.DataFrame, label: str, note: str):
+    "Accuracy against severity, one line per method (mean over 15 corruptions, ± SE over seeds and corruptions)."
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    sns.lineplot(long, x='severity', y='accuracy', hue='method', marker='o', errorbar='se', ax=ax)
+    ax.set(title=f'accuracy under corruption, mean over 15 corruptions (± SE over seeds and corruptions)\n{label}',
+           ylabel='accuracy (%)', xticks=[1, 2, 3, 4, 5], ylim=(0, 100))
+    if 'generated' in note: ax.text(0.01, 0.02, 'generated with imagecorruptions (ImageNet-C constants): not comparable to CIFAR-10-C',
+                                    transform=ax.transAxes, fontsize=7, color='0.3')
+    ax.title.set_fontsize(8)
+    return fig
+
+def plot_corruption_bars(long: pd.DataFrame, label: str):
+    "Accuracy per corruption, one bar per method (mean over severities 1-5, ± SE over seeds and severities)."
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    sns.barplot(long, x='corruption', y='accuracy', hue='method', errorbar='se', ax=ax)
+    ax.set(title=f'accuracy per corruption, mean over severities 1-5 (± SE over seeds and severities); {label}',
+           ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
+    ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
+    return fig
+
+def write_corruption_artifacts(out: Artifacts) -> None:
+    "The CIFAR-10-C table and its severity and per-corruption figures, where the main CIFAR runs measured corruptions."
+    grid = out.grid
     summary, long, note = corruption_tables(grid)
-    if summary is not None:
-        runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
-        out.table(summary, 'cifar10c', f'Common-corruption accuracy (%) on {dataset_label(grid.cifar)} [{note}]', runs)
-        n = int(long['n'].iloc[0]) if 'n' in long else None
-        label = f"{dataset_label(grid.cifar)}, {note.split(':')[0]} corruptions" + (f', n = {n} per pair' if n else '')
-        fig, ax = plt.subplots(figsize=(6.4, 3.8))
-        sns.lineplot(long, x='severity', y='accuracy', hue='method', marker='o', errorbar='se', ax=ax)
-        ax.set(title=f'accuracy under corruption, mean over 15 corruptions (± SE over seeds and corruptions)\n{label}',
-               ylabel='accuracy (%)', xticks=[1, 2, 3, 4, 5], ylim=(0, 100))
-        if 'generated' in note: ax.text(0.01, 0.02, 'generated with imagecorruptions (ImageNet-C constants): not comparable to CIFAR-10-C',
-                                        transform=ax.transAxes, fontsize=7, color='0.3')
-        ax.title.set_fontsize(8)
-        out.figure(fig, 'cifar10c_severity', f'Corruption accuracy against severity [{note}]', runs)
-        fig, ax = plt.subplots(figsize=(9, 3.8))
-        sns.barplot(long, x='corruption', y='accuracy', hue='method', errorbar='se', ax=ax)
-        ax.set(title=f'accuracy per corruption, mean over severities 1-5 (± SE over seeds and severities); {label}',
-               ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
-        ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
-        out.figure(fig, 'cifar10c_per_corruption', f'Accuracy per corruption [{note}]', runs)
+    if summary is None: return
+    runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
+    out.table(summary, 'cifar10c', f'Common-corruption accuracy (%) on {dataset_label(grid.cifar)} [{note}]', runs)
+    n = int(long['n'].iloc[0]) if 'n' in long else None
+    label = f"{dataset_label(grid.cifar)}, {note.split(':')[0]} corruptions" + (f', n = {n} per pair' if n else '')
+    out.figure(plot_corruption_severity(long, label, note), 'cifar10c_severity', f'Corruption accuracy against severity [{note}]', runs)
+    out.figure(plot_corruption_bars(long, label), 'cifar10c_per_corruption', f'Accuracy per corruption [{note}]', runs)
+
+# %% ../nbs/09_report.ipynb #5a38e1c0
+def write_feature_artifacts(out: Artifacts, results: pd.DataFrame) -> None:
+    "The feature and prototype-angle tables, the angle heat maps and the t-SNE panels (first seed), where features were measured."
+    grid = out.grid
     feats, angles, matrices = feature_tables(grid)
-    if feats is not None:
-        runs = [e['run'] for e in grid.entries if e['group'] == 'main']
-        out.table(feats, 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
-                  'accuracy in %), mean over seeds; ± SE: accuracy binomial plus seeds, the rest over seeds only', runs, index=False, digits=2)
-        out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
-                  'mean over seeds (± SE over seeds)', runs, index=False)
-        ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
-        panels = {f'{m} ({kind})': a for (d, m), (a, kind, _) in matrices.items() if d == ds}
-        out.figure(plot_angles(panels, f'class-vector angles, {dataset_label(ds)} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
-                   f'Class-vector angle heat maps on {dataset_label(ds)} (first seed of each method)',
-                   [r for (d, _), (_, _, r) in matrices.items() if d == ds])
-        fig, runs = tsne_figure(grid, ds, min(results['seed']))
-        if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {dataset_label(ds)}', runs)
+    if feats is None: return
+    runs = [e['run'] for e in grid.entries if e['group'] == 'main']
+    out.table(feats, 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
+              'accuracy in %), mean over seeds; ± SE: accuracy binomial plus seeds, the rest over seeds only', runs, index=False, digits=2)
+    out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
+              'mean over seeds (± SE over seeds)', runs, index=False)
+    ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
+    panels = {f'{m} ({kind})': a for (d, m), (a, kind, _) in matrices.items() if d == ds}
+    out.figure(plot_angles(panels, f'class-vector angles, {dataset_label(ds)} ({grid.scale} scale, first seed)'), 'prototype_angles_heatmap',
+               f'Class-vector angle heat maps on {dataset_label(ds)} (first seed of each method)',
+               [r for (d, _), (_, _, r) in matrices.items() if d == ds])
+    fig, runs = tsne_figure(grid, ds, min(results['seed']))
+    if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {dataset_label(ds)}', runs)
+
+# %% ../nbs/09_report.ipynb #8d74526d
+def write_ablation_and_sensitivity(out: Artifacts, results: pd.DataFrame) -> None:
+    "The ablation table and the sensitivity table and curves of Adv-DPNP on the study dataset, where the grid has them."
     abl = results[results['group'] == 'ablation']
     if len(abl):
         cols = [c for c in ATTACK_COLUMNS.values() if c in abl and abl[c].notna().any()]
@@ -510,26 +406,53 @@ def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=Non
         out.table(sens, 'sensitivity', 'Sensitivity of Adv-DPNP: clean and PGD accuracy (%) measured at the end of training '
                   '(the PGD of `metrics.json`) on all n_test test images; no AutoAttack', sens['run'], index=False)
         sweep = results[results['group'] == 'sweep']
-        cfg0 = load_config(grid.run_dir(sweep['run'].iloc[0]) / 'config.json')
+        cfg0 = RunFolder(out.grid.run_dir(sweep['run'].iloc[0])).config()
         title = (f'Adv-DPNP sensitivity on {dataset_label(cfg0.dataset)}, eps = {cfg0.eps:.4g}, PGD-{cfg0.eval_steps}, '
-                 f'n = {int(sens["n_test"].min())} test points ({grid.scale} scale)')
+                 f'n = {int(sens["n_test"].min())} test points ({out.grid.scale} scale)')
         out.figure(plot_sensitivity(sens, title), 'sensitivity_curves', 'Sensitivity curves', sens['run'])
-    out.figure(plot_training_curves(grid), 'training_curves', 'Training curves of the main runs', runs_of(results['group'] == 'main'))
-    curves = robustness_curves(grid)
+
+# %% ../nbs/09_report.ipynb #1fa97a91
+def write_curve_figures(out: Artifacts, results: pd.DataFrame) -> None:
+    "The training curves of the main runs and, where the soundness report ran, robust accuracy against eps."
+    out.figure(plot_training_curves(out.grid), 'training_curves', 'Training curves of the main runs', _runs_of(results, results['group'] == 'main'))
+    curves = robustness_curves(out.grid)
     if curves is not None:
-        out.figure(plot_robustness_curves(curves, f'Robust accuracy against eps (the soundness report\'s sweep; {grid.scale} scale)'),
+        out.figure(plot_robustness_curves(curves, f'Robust accuracy against eps (the soundness report\'s sweep; {out.grid.scale} scale)'),
                    'robust_vs_eps', 'PGD-20 accuracy against eps, per method', curves['run'])
-    board = leaderboard(grid)
+
+def write_leaderboard(out: Artifacts) -> None:
+    "The leaderboard of every evaluated run's model card, where there are any."
+    board = leaderboard(out.grid)
     if board is not None:
         out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
-    times = run_times(grid)
+
+def write_run_times(out: Artifacts) -> None:
+    "Minutes per run and stage, where any run finished."
+    times = run_times(out.grid)
     if times is not None:
         out.table(times, 'run_times', f'Minutes per run and stage; sum over runs {times["total"].sum():.0f} min, the grid on w '
                   'workers at least that / w (corruptions and features from file times)', list(times.index))
-    inputs = claim_inputs(grid)
+
+def write_claims(out: Artifacts) -> None:
+    "The four claims' verdicts (rules of 09c_claims) on the CIFAR dataset's main runs, where Adv-DPNP is among them."
+    grid = out.grid
+    inputs = claim_inputs(claim_runs(grid))
     if 'adv_dpnp' in inputs.index:
         runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
         out.table(claim_verdicts(inputs), 'claims', f"The paper's four claims on {dataset_label(grid.cifar)}: Adv-DPNP against "
-                  f"{', '.join(DEFENCES)}; difference with its 95 % interval, verdict by the rules of 09_report", runs, index=False)
+                  f"{', '.join(DEFENCES)}; difference with its 95 % interval, verdict by the rules of 09c_claims", runs, index=False)
+
+# %% ../nbs/09_report.ipynb #75cc5146
+def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None) -> dict:
+    "Every table and figure of the grid's results into `folder`, plus manifest.json; returns the artifact list."
+    out, results = Artifacts(Path(folder), grid), collect_results(grid)
+    write_result_tables(out, results)
+    write_corruption_artifacts(out)
+    write_feature_artifacts(out, results)
+    write_ablation_and_sensitivity(out, results)
+    write_curve_figures(out, results)
+    write_leaderboard(out)
+    write_run_times(out)
+    write_claims(out)
     out.write_manifest(parameters or {}, root)
     return out.manifest

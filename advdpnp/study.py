@@ -14,11 +14,11 @@ import seaborn as sns
 import torch
 
 from .analysis import angle_summary, pairwise_angles
-from .attacks import standard_error
 from .config import make_config
 from .models import build_model
 from .grid import Grid, GridRun
-from .runs import load_run, read_json, robust_key
+from .runs import RunFolder, load_run, robust_key
+from .stats import standard_error
 
 # %% auto #0
 __all__ = ['STUDY_SCALES', 'STUDY_METHODS', 'PEAK_LRS', 'STUDY_BUDGETS', 'HEAD_SETTINGS', 'schedule_recipes', 'schedule_grid',
@@ -121,15 +121,15 @@ def study_results(grid: Grid, drift: bool = True) -> pd.DataFrame:
     "One row per finished study run: its entry, validation clean and PGD accuracy (percent, with SE), n_val, seconds."
     rows = []
     for e in grid.entries:
-        d = grid.run_dir(e['run'])
-        if not (d / 'metrics.json').exists(): continue
-        m = read_json(d / 'metrics.json', 'metrics file')
-        if 'n_val' not in m: raise ValueError(f'{d / "metrics.json"} has no validation metrics: a study run needs val_fraction > 0')
+        run = RunFolder(grid.run_dir(e['run']))
+        if not run.finished: continue
+        m = run.metrics()
+        if 'n_val' not in m: raise ValueError(f'{run.file(run.METRICS)} has no validation metrics: a study run needs val_fraction > 0')
         pgd = robust_key(m, 'val_')
         row = {**e, 'val clean': 100 * m['val_clean_acc'], 'val clean SE': 100 * standard_error(m['val_clean_acc'], m['n_val']),
                'val PGD': 100 * m[pgd], 'val PGD SE': 100 * standard_error(m[pgd], m['n_val']), 'n_val': m['n_val'],
                'val_indices_sha256': m['validation']['train_indices_sha256'], 'train_seconds': m['train_seconds']}
-        if drift and m.get('head') == 'prototype': row.update(prototype_drift(d))
+        if drift and m.get('head') == 'prototype': row.update(prototype_drift(run.path))
         rows.append(row)
     return pd.DataFrame(rows)
 

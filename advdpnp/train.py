@@ -24,23 +24,23 @@ import seaborn as sns
 import torch
 from tqdm import tqdm
 
-from .attacks import ThreatModel, correct_under_attack, model_device, standard_error, trades_attack
-from .config import METHOD_ATTACKS, RunConfig
+from .attacks import ThreatModel, correct_under_attack, model_device, trades_attack
+from .config import METHOD_ATTACKS, ConfigError, RunConfig
 from .data import ImageData, augment, balanced_subset, batch_indices, load_data, to_float
 from .losses import OBJECTIVES
-from .models import DEFAULT_WIDTHS, Classifier, build_model
-from .runs import (  # run folders; load_run, compare_runs and the errors are re-exported for convenience
-    RESUME, RESUME_PREV, TRAIN_ARTIFACTS, CheckpointError, RunExistsError, RunLock, atomic_write, check_run_dir, clear_run,
-    compare_runs, config_differences, file_sha256, indices_sha256, latest_checkpoint, load_checkpoint, load_run,
-    remove_temporaries, save_checkpoint, write_json)
+from .models import DEFAULT_WIDTHS, Classifier, build_model, to_channels_last
+from .files import indices_sha256
+from .runs import (  # the run folder; load_run, compare_runs and the errors are re-exported for convenience
+    CheckpointError, RunExistsError, RunFolder, compare_runs, load_checkpoint, load_run)
+from .stats import standard_error
 
 # %% auto #0
-__all__ = ['ACCURACY_COLUMNS', 'ARTIFACTS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch',
-           'lr_factor', 'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads',
-           'training_examples', 'average_gradients', 'train_step', 'check_finite', 'train_epoch', 'plot_history',
-           'get_rng_state', 'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult',
-           'evaluate_metrics', 'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack',
-           'epoch_robust_accuracy', 'epoch_line', 'paper_on_cpu_warning', 'train']
+__all__ = ['ACCURACY_COLUMNS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch', 'lr_factor',
+           'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
+           'average_gradients', 'train_step', 'check_finite', 'train_epoch', 'plot_history', 'get_rng_state',
+           'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
+           'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack', 'epoch_robust_accuracy',
+           'epoch_line', 'paper_on_cpu_warning', 'train', 'check_training_set', 'training_state']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -94,7 +94,7 @@ def autocast(cfg: RunConfig, device: torch.device):
 
 def prepare_model(model, cfg: RunConfig):
     "Apply the model-side switches of the fast path (memory format, compilation) in place."
-    if cfg.channels_last: model.to(memory_format=torch.channels_last)
+    if cfg.channels_last: to_channels_last(model)   # 02_models: a oneDNN-unsafe convolution stays contiguous
     if cfg.compile_model: model.backbone.compile()
     return model
 
@@ -116,10 +116,10 @@ def training_examples(model, x, y, cfg: RunConfig):
 def average_gradients(model, world: int) -> None:
     "All-reduce the parameter gradients (one flat buffer) and divide by the number of processes."
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
+    flat = torch.cat([g.reshape(-1) for g in grads])
     torch.distributed.all_reduce(flat)
     flat /= world
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)): g.copy_(synced)
+    for g, synced in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(synced.view_as(g))
 
 def train_step(model, x, y, cfg: RunConfig, optimizer, world: int = 1):
     "One update on the float batch (x, y): attack, objective, backward, (gradient averaging), step; returns (loss, terms) as device tensors, without reading them (no host synchronisation)."
@@ -231,8 +231,6 @@ def average_buffers(model, world: int) -> None:
         if b.is_floating_point(): torch.distributed.all_reduce(b); b /= world
 
 # %% ../nbs/05_train.ipynb #6494e989
-ARTIFACTS = TRAIN_ARTIFACTS
-
 @dataclass
 class TrainResult:
     "What `train` returns: the run folder, the trained model, the per-epoch history and the metrics."
@@ -303,20 +301,33 @@ def paper_on_cpu_warning(cfg: RunConfig, device, first_epoch_seconds: float) -> 
             f"for a GPU; preset='smoke' is the CPU-sized one")
 
 def train(cfg: RunConfig, progress: bool = True) -> TrainResult:
-    "Train `cfg` (resuming an unfinished run of the same config), evaluate it, and write its run folder."
+    "Train `cfg` (resuming an unfinished run of the same identity), evaluate it, and write its run folder."
     dist = init_distributed(cfg)
     rank = dist.rank if dist else 0
     if not dist: resolve_device(cfg.device)                       # a missing GPU is reported before the folder is touched
-    with RunLock(cfg.run_dir) if rank == 0 else nullcontext():   # before any check: one process per run folder
-        return _train(cfg, dist, progress)
+    folder = RunFolder(cfg.run_dir)
+    with folder.lock() if rank == 0 else nullcontext():          # before any check: one process per run folder
+        return _train(cfg, folder, dist, progress)
 
-def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
+def check_training_set(data: ImageData, cfg: RunConfig) -> None:
+    "One ConfigError, before anything is written, if the training set holds less than one batch."
+    if len(data.y_train) < cfg.batch_size:
+        raise ConfigError([f'{len(data.y_train)} training images (n_train={cfg.n_train}, val_fraction={cfg.val_fraction}) '
+                           f'are fewer than one batch (batch_size={cfg.batch_size}): every epoch would take no step'])
+
+def training_state(model, optimizer, scheduler, epoch: int, rows: list, elapsed: float, generator, cfg: RunConfig) -> dict:
+    "Everything a resumed run needs to continue exactly: weights, optimizer, schedule, history, time and random states."
+    return {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+            'epoch': epoch, 'history': rows, 'train_seconds': elapsed, 'rng': get_rng_state(generator), 'config': cfg.to_dict()}
+
+def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResult:
     rank, world = (dist.rank, dist.world) if dist else (0, 1)
     device = torch.device('cuda', dist.local_rank) if dist and cfg.device != 'cpu' and torch.cuda.is_available() else resolve_device(cfg.device)
-    run_dir, main = cfg.run_dir, rank == 0
-    mode = check_run_dir(cfg)
+    main = rank == 0
+    mode = folder.check(cfg)
     if dist: torch.distributed.barrier()                       # every process decided before the main one writes
     data = load_data(cfg)
+    check_training_set(data, cfg)
     seed_everything(cfg.seed)
     mean, std = data.channel_stats()
     configure_threads(cfg)
@@ -329,18 +340,13 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     rows, start, elapsed, rotate = [], 0, 0.0, True
     if mode == 'resume':
-        state, source = latest_checkpoint(run_dir, device)
+        state, rotate = folder.resume_state(cfg, device)
         if state is not None:
-            diff = config_differences(state.get('config', {}), cfg)
-            if diff: raise RunExistsError(f'{source} was written by a run with other parameters (field: (checkpoint, asked)) '
-                                          f'{diff}; pass overwrite=True to replace it')
             model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler']); set_rng_state(state['rng'], generator)
-            rows, start, elapsed, rotate = state['history'], state['epoch'], state['train_seconds'], source.name == RESUME
-            if main and progress: print(f'resuming {run_dir} from {source.name} after epoch {start}/{cfg.epochs}')
-    if main:   # everything is validated: now the folder changes
-        clear_run(run_dir) if mode == 'fresh' else remove_temporaries(run_dir)
-        write_json(run_dir / 'config.json', cfg.to_dict())
+            rows, start, elapsed = state['history'], state['epoch'], state['train_seconds']
+            if main and progress: print(f'resuming {folder.path} after epoch {start}/{cfg.epochs}')
+    if main: folder.begin(cfg, mode)   # everything is validated: now the folder changes
     # Progress: tqdm bars in a terminal; in a notebook (papermill) one printed line per epoch, since every bar
     # update would become a saved output there.
     bars = progress and main and sys.stderr.isatty()
@@ -351,7 +357,7 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
         try: terms = train_epoch(model, data, cfg, optimizer, generator, epoch, progress, rank, world,
                                  scheduler if per_batch(cfg) else None)
         except FloatingPointError as e:
-            kept = f'the last good checkpoint is {run_dir / RESUME} (epoch {epoch})' if epoch else 'no checkpoint was written yet'
+            kept = f'the last good checkpoint is {folder.file(folder.RESUME)} (epoch {epoch})' if epoch else 'no checkpoint was written yet'
             raise FloatingPointError(f'{e}; training stopped, {kept}') from None
         if not per_batch(cfg): scheduler.step()
         if world > 1: average_buffers(model, world)
@@ -364,28 +370,21 @@ def _train(cfg: RunConfig, dist, progress: bool) -> TrainResult:
             warnings.warn(warning)
         elapsed += time.time() - t0
         if main:
-            save_checkpoint(run_dir, {'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                                      'scheduler': scheduler.state_dict(), 'epoch': epoch + 1, 'history': rows,
-                                      'train_seconds': elapsed, 'rng': get_rng_state(generator), 'config': cfg.to_dict()}, rotate)
+            folder.save_epoch(training_state(model, optimizer, scheduler, epoch + 1, rows, elapsed, generator, cfg), rotate)
             rotate = True
         if dist: torch.distributed.barrier()
     history = pd.DataFrame(rows)
-    if not main: return TrainResult(run_dir, model, history, {})
+    if not main: return TrainResult(folder.path, model, history, {})
     checkpoint = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
                   'epoch': cfg.epochs, 'config': cfg.to_dict(), 'input_shape': list(data.input_shape),
                   'classes': list(data.classes)}
-    atomic_write(run_dir / 'checkpoint.pt', lambda p: torch.save(checkpoint, p))
-    atomic_write(run_dir / 'history.csv', lambda p: history.to_csv(p, index=False))
     metrics = {'dataset': cfg.dataset, 'method': cfg.method, 'head': cfg.head, 'arch': cfg.arch, 'width': cfg.width or DEFAULT_WIDTHS[cfg.arch],
-               'scale': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
+               'preset': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
                'train_seconds': round(elapsed, 2), 'device': str(device),
                **({'epoch_attack': epoch_attack(cfg, len(data.y_test))} if cfg.epoch_pgd_points else {}), 'processes': world, 'torch': torch.__version__,
-               **validation_metrics(model, data, cfg, progress), 'checkpoint_sha256': file_sha256(run_dir / 'checkpoint.pt'),
+               **validation_metrics(model, data, cfg, progress),
                'note': "advdpnp's reconstruction of Adv-DPNP; these are our numbers, not the paper's"}
-    fig = plot_history(history, f'{cfg.run_name} ({cfg.preset} scale)')
-    atomic_write(run_dir / 'training_curves.png', lambda p: fig.savefig(p, dpi=110, format='png'))
+    fig = plot_history(history, f'{cfg.run_name} ({cfg.preset} preset)')
+    metrics = folder.finish(checkpoint, history, metrics, fig)
     plt.close(fig)
-    write_json(run_dir / 'metrics.json', metrics)   # last: its presence marks the run as finished
-    for p in (run_dir / RESUME, run_dir / RESUME_PREV):
-        if p.exists(): p.unlink()
-    return TrainResult(run_dir, model, history, metrics)
+    return TrainResult(folder.path, model, history, metrics)

@@ -76,7 +76,7 @@ def cases(tmp: Path, run: Path, other: Path) -> list:
              DatasetNotFoundError, 'must contain train/ and test/ folders'),
         Case('data', 'imagefolder: empty train/ and test/', lambda: load_data(make_config('smoke', 'imagefolder', data_dir=str(empty))),
              DatasetNotFoundError, 'no images found under'),
-        Case('data', 'imagefolder: n_train larger than the folder', lambda: load_data(make_config('smoke', 'imagefolder', data_dir=str(small), n_train=100)),
+        Case('data', 'imagefolder: n_train larger than the folder', lambda: load_data(make_config('smoke', 'imagefolder', data_dir=str(small), n_train=100, batch_size=8)),
              ValueError, 'n_train=100 is larger than the 6 images in'),
         Case('data', 'cifar10 absent, download=False', lambda: load_data(make_config('smoke', 'cifar10', data_dir=str(empty), download=False)),
              DatasetNotFoundError, 'cifar10 was not found in'),

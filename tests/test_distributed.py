@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from advdpnp.attacks import binomial_bounds
+from advdpnp.stats import binomial_bounds
 
 SCRIPT = textwrap.dedent('''
     import hashlib, os, sys, torch

@@ -5,6 +5,7 @@ import papermill
 import pytest
 
 from advdpnp.config import make_config
+from advdpnp.runs import RunFolder, evaluation_request
 from advdpnp.train import train
 
 
@@ -22,7 +23,8 @@ def evaluate(root, tmp_path, **parameters):
 
 def test_evaluate_notebook_end_to_end(root, tmp_path, run_dir):
     evaluate(root, tmp_path, run_dir=str(run_dir), n_eval=40)
-    result = json.loads((run_dir / 'eval.json').read_text())
+    folder = RunFolder(run_dir)
+    result = folder.evaluation(evaluation_request(folder.config(), ['fgsm', 'pgd', 'cw', 'autoattack'], n_eval=40))
     assert result['n'] == 40 and result['eps'] == 0.2
     assert set(result['accuracy']) == {'clean', 'fgsm', 'pgd', 'cw', 'autoattack'}
     per_point = result['per_point']
@@ -31,9 +33,9 @@ def test_evaluate_notebook_end_to_end(root, tmp_path, run_dir):
     assert result['worst_case'] <= min(result['accuracy'].values())
     assert set(result['autoattack']['per_attack']) == {'apgd-ce', 'apgd-t', 'fab-t', 'square'}
     assert {c['check'] for c in result['soundness']['checks']} >= {'eps0_equals_clean', 'unbounded_reaches_zero', 'autoattack_flags'}
-    card = json.loads((run_dir / 'model_card.json').read_text())
+    card = result['model_card']
     assert card['autoattack_acc'] == f"{100 * result['accuracy']['autoattack']:.2f}"
-    assert (run_dir / 'autoattack_state.json').exists()
+    assert folder.autoattack_state(0.2, 'standard', folder.config().seed).exists()
 
 
 def test_unknown_attack_fails_before_any_work(root, tmp_path, run_dir):

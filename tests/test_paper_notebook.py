@@ -7,6 +7,7 @@ import papermill
 import pytest
 
 from conftest import ROOT, write_tiny_imagefolder
+from advdpnp.runs import RunFolder
 
 EXPECTED = {  # artifact -> extensions
     'results_imagefolder': ('csv', 'md', 'tex'), 'published_cifar10': ('csv', 'md', 'tex'),
@@ -39,6 +40,17 @@ def micro(tmp_path_factory):
 def read(path): return json.loads(path.read_text())
 
 
+def evaluation_files(runs):
+    "The evaluation files of every run folder under `runs` (AutoAttack's state files beside them left out)."
+    return [p for p in runs.glob(f'*/{RunFolder.EVALUATIONS}/*.json') if not p.name.startswith(RunFolder.AA_STATE)]
+
+
+def evaluation(run_dir):
+    "The one evaluation the grid made of a run."
+    (path,) = [p for p in evaluation_files(run_dir.parent) if p.parent.parent == run_dir]
+    return read(path)
+
+
 def test_every_artifact_is_written_and_listed(micro):
     figures = micro / 'figures'
     manifest = read(figures / 'manifest.json')
@@ -57,7 +69,7 @@ def test_tables_agree_with_the_run_folders(micro):
     results = pd.read_csv(figures / 'results_imagefolder.csv', index_col='method')
     assert list(results.index) == METHODS
     for m in METHODS:
-        ev = read(runs / f'imagefolder-{m}-s0' / 'eval.json')
+        ev = evaluation(runs / f'imagefolder-{m}-s0')
         for key, col in (('clean', 'clean'), ('pgd', 'PGD-20'), ('cw', 'C&W-inf'), ('autoattack', 'AutoAttack')):
             assert math.isclose(results.loc[m, col], 100 * ev['accuracy'][key], abs_tol=1e-9), (m, col)
         assert math.isclose(results.loc[m, 'worst case'], 100 * ev['worst_case'], abs_tol=1e-9)
@@ -73,7 +85,7 @@ def test_tables_agree_with_the_run_folders(micro):
     assert math.isclose(row['intra_inter_ratio'], f['metrics']['clean']['intra_inter_ratio'], rel_tol=1e-9)
     abl = pd.read_csv(figures / 'ablation.csv', index_col='variant')
     assert list(abl.index) == ['full', 'no_consistency', 'single_branch']
-    ev = read(runs / 'digits-adv_dpnp-single_branch-s0' / 'eval.json')
+    ev = evaluation(runs / 'digits-adv_dpnp-single_branch-s0')
     assert math.isclose(abl.loc['single_branch', 'AutoAttack'], 100 * ev['accuracy']['autoattack'], abs_tol=1e-9)
     sens = pd.read_csv(figures / 'sensitivity.csv')
     assert len(sens) == 8 and set(sens['param']) == {'lambda_pa', 'lambda_nr', 'beta', 'alpha'}
@@ -83,7 +95,7 @@ def test_tables_agree_with_the_run_folders(micro):
         assert math.isclose(r['clean'], 100 * m['clean_acc'], abs_tol=1e-9) and r['n_test'] == m['n_test']
         assert read(runs / r['run'] / 'config.json')['alpha'] == (r['value'] if r['param'] == 'alpha' else 5.0)
     board = pd.read_csv(figures / 'leaderboard.csv')
-    assert len(board) == 9 and set(board['run']) == {p.parent.name for p in runs.glob('*/model_card.json')}
+    assert len(board) == 9 and set(board['run']) == {p.parent.parent.name for p in evaluation_files(runs)}
     for _, part in board.groupby('dataset'):   # sorted by AutoAttack within a dataset
         assert list(part['AutoAttack']) == sorted(part['AutoAttack'], reverse=True)
     assert set(board['dataset']) == {'CIFAR-10, JPEG copy', 'digits (scikit-learn, 8x8)'}
@@ -101,7 +113,7 @@ def test_tables_agree_with_the_run_folders(micro):
 
 def test_a_second_pass_skips_every_run(micro):
     stamps = {p: p.stat().st_mtime_ns for p in (micro / 'runs').glob('*/metrics.json')}
-    evals = {p: p.stat().st_mtime_ns for p in (micro / 'runs').glob('*/eval.json')}
+    evals = {p: p.stat().st_mtime_ns for p in evaluation_files(micro / 'runs')}
     assert len(stamps) == 12 and len(evals) == 9
     run_paper(micro, 'paper-again.ipynb')
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -11,7 +11,7 @@ import papermill
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from advdpnp.config import FIELDS
+from advdpnp.config import FIELDS, notebook_parameter_cell, parameter_help
 
 PAPERMILL_NOTEBOOKS = ['train.ipynb', 'evaluate.ipynb', 'paper.ipynb', 'benchmark.ipynb', 'study.ipynb']
 
@@ -63,6 +63,17 @@ def test_train_notebook_exposes_every_config_field(root):
     params = papermill.inspect_notebook(str(root / 'nbs' / 'train.ipynb'))
     assert set(FIELDS) <= set(params)
     assert params['preset']['default'] == "'paper'"   # the default is what a GPU user runs
+
+
+def test_each_parameter_is_documented_once(root):
+    "The train notebook's parameters cell is the text generated from RunConfig's field comments, so its help (papermill --help-notebook, advdpnp train --help) cannot drift from them."
+    nb = nbformat.read(root / 'nbs' / 'train.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    assert cell.source == notebook_parameter_cell(), ('regenerate the parameters cell of nbs/train.ipynb from '
+                                                      'advdpnp.config.notebook_parameter_cell()')
+    params = papermill.inspect_notebook(str(root / 'nbs' / 'train.ipynb'))
+    helps = parameter_help()
+    assert all(params[f]['help'].startswith(helps[f]) for f in FIELDS)
 
 
 FIGURE_NOTEBOOKS = ['01_data', '02_models', '03_losses', '04_attacks', '05_train', '06_evaluate', '07_corruptions', '08_analysis']

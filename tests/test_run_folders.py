@@ -17,10 +17,12 @@ from conftest import ROOT
 from advdpnp.config import RunConfig, make_config
 from advdpnp.evaluate import evaluate_run
 from advdpnp.grid import Grid, GridRun, run_grid
-from advdpnp.runs import (RESUME, RESUME_PREV, CheckpointError, RunLockedError, file_sha256, load_run)
+from advdpnp.files import file_sha256
+from advdpnp.runs import CheckpointError, RunFolder, RunLockedError, load_run
 import advdpnp.runs as runs
 import advdpnp.train as T
 
+RESUME, RESUME_PREV = RunFolder.RESUME, RunFolder.RESUME_PREV
 CONFIG = dict(method='adv_dpnp', epochs=3, n_train=128, n_test=40, width=4, batch_size=32, attack_steps=2, eval_steps=2)
 STEPS_PER_EPOCH = 128 // 32
 
@@ -37,7 +39,7 @@ SCRIPT = textwrap.dedent('''
     out_dir, fault, at, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
     calls = {'n': 0}
     def die(): os.kill(os.getpid(), signal.SIGKILL)
-    real_examples, real_write_json = T.training_examples, T.write_json
+    real_examples, real_write_json = T.training_examples, R.write_json
     def examples(*a, **k):
         calls['n'] += 1
         if fault == 'step' and calls['n'] == at: die()
@@ -54,7 +56,7 @@ SCRIPT = textwrap.dedent('''
                 die()
             return R.atomic_write(path, half)
         return real_write_json(path, obj)
-    T.training_examples, T.write_json = examples, write_json
+    T.training_examples, R.write_json = examples, write_json
     T.train(RunConfig(out_dir=out_dir, name='run', **{**%s, **overrides}), progress=False)
 ''' % repr(CONFIG))
 
@@ -90,17 +92,17 @@ def test_overwrite_then_evaluate_reports_the_new_model(tmp_path):
     kw = dict(epochs=2, n_train=256, n_test=40, width=8, eval_steps=2, out_dir=str(tmp_path), name='run', device='cpu')
     first = T.train(RunConfig(method='pgd_at', attack_steps=3, **kw), progress=False)
     evaluate_run(first.run_dir, attacks=('pgd', 'autoattack'), n_eval=20, soundness=False, progress=False)
-    old_sha = first.metrics['checkpoint_sha256']
-    assert json.loads((first.run_dir / 'autoattack_state.json').read_text())['model'] == old_sha
+    old_sha, state = first.metrics['checkpoint_sha256'], RunFolder(first.run_dir).autoattack_state(0.2, 'standard', 0)
+    assert json.loads(state.read_text())['model'] == old_sha
     second = T.train(RunConfig(method='ce', overwrite=True, **kw), progress=False)
-    for stale in ('eval.json', 'model_card.json', 'autoattack_state.json'):
-        assert not (second.run_dir / stale).exists(), stale
+    assert not (second.run_dir / RunFolder.EVALUATIONS).exists()              # the old evaluations and AutoAttack state are gone
     new_sha = second.metrics['checkpoint_sha256']
     assert new_sha != old_sha and new_sha == file_sha256(second.run_dir / 'checkpoint.pt')
     result = evaluate_run(second.run_dir, attacks=('pgd', 'autoattack'), n_eval=20, soundness=False, progress=False)
     assert result['checkpoint_sha256'] == new_sha
-    assert json.loads((second.run_dir / 'autoattack_state.json').read_text())['model'] == new_sha
-    assert json.loads((second.run_dir / 'model_card.json').read_text())['checkpoint_sha256'] == new_sha
+    assert json.loads(state.read_text())['model'] == new_sha
+    assert result['model_card']['checkpoint_sha256'] == new_sha
+    assert [e['checkpoint_sha256'] for e in RunFolder(second.run_dir).evaluations()] == [new_sha]
     per_point = result['per_point']
     assert all(c or not a for c, a in zip(per_point['clean'], per_point['autoattack']))   # robust implies correct
 
@@ -219,7 +221,7 @@ def test_load_run_refuses_a_checkpoint_its_folder_does_not_describe(tmp_path):
     with pytest.raises(CheckpointError, match="'lr': \\(0.05, 0.01\\)"): load_run(a)   # its saved config says so
     cfg_a = json.loads((a / 'config.json').read_text())
     (a / 'config.json').write_text(json.dumps({**cfg_a, 'lr': 0.05}))      # and with config.json edited to match it,
-    with pytest.raises(CheckpointError, match='is not the checkpoint that .*metrics.json was written with'): load_run(a)
+    with pytest.raises(CheckpointError, match='checkpoint.pt was modified or corrupted after training'): load_run(a)
     ckpt = torch.load(b / 'checkpoint.pt', weights_only=True)
     del ckpt['classes']
     torch.save(ckpt, b / 'checkpoint.pt')
@@ -242,18 +244,19 @@ def test_evaluation_fails_before_any_work_on_an_unwritable_folder(tmp_path, monk
     monkeypatch.setattr(runs.os, 'open', read_only)
     import advdpnp.evaluate as E
     monkeypatch.setattr(E, 'load_run_test_points', lambda *a, **k: loaded.append(1))
-    with pytest.raises(PermissionError, match='cannot be written .* copy it somewhere writable'):
+    with pytest.raises(PermissionError, match='cannot be opened .*fix its permissions or copy the run folder somewhere writable'):
         evaluate_run(run_dir, attacks='pgd', soundness=False, progress=False)
-    assert not loaded and not (run_dir / 'eval.json').exists()
+    assert not loaded and not (run_dir / RunFolder.EVALUATIONS).exists()
 
 
 def test_a_foreign_autoattack_state_is_refused_with_its_name(tmp_path):
     run_dir = T.train(RunConfig(method='ce', epochs=1, n_train=64, n_test=20, width=4, batch_size=32, eval_steps=2,
                                 out_dir=str(tmp_path), name='run', device='cpu'), progress=False).run_dir
-    (run_dir / 'autoattack_state.json').write_text('[]')
-    with pytest.raises(ValueError, match='autoattack_state.json holds list'):
+    state = RunFolder(run_dir).autoattack_state(0.2, 'standard', 0)             # the digits eps and the run's seed
+    state.write_text('[]')
+    with pytest.raises(ValueError, match=f'{state.name} holds list'):
         evaluate_run(run_dir, attacks='autoattack', n_eval=10, soundness=False, progress=False)
-    (run_dir / 'autoattack_state.json').write_text('{"attacks": ["apgd-ce"], "robust": [true]}')   # the old format
+    state.write_text('{"attacks": ["apgd-ce"], "robust": [true]}')   # the old format
     with pytest.raises(ValueError, match='is not an advdpnp AutoAttack state'):
         evaluate_run(run_dir, attacks='autoattack', n_eval=10, soundness=False, progress=False)
 
@@ -266,6 +269,6 @@ def test_artifacts_are_readable_like_any_file_the_user_writes(tmp_path):
         evaluate_run(run_dir, attacks='pgd', soundness=False, progress=False)
     finally:
         os.umask(old)
-    for name in ('config.json', 'checkpoint.pt', 'history.csv', 'metrics.json', 'training_curves.png', 'eval.json',
-                 'model_card.json'):
-        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o664, name
+    (evaluation,) = (run_dir / RunFolder.EVALUATIONS).glob('pgd-*.json')
+    for path in [run_dir / name for name in RunFolder.TRAIN_FILES] + [evaluation]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o664, path.name

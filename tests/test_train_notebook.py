@@ -6,7 +6,7 @@ import papermill
 import pytest
 
 from conftest import write_tiny_imagefolder
-from advdpnp.attacks import binomial_bounds
+from advdpnp.stats import binomial_bounds
 
 
 def run_train_notebook(root, tmp_path, **parameters):
@@ -23,7 +23,7 @@ def test_digits_smoke_run_writes_the_run_folder(root, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ['config.json', 'checkpoint.pt', 'history.csv', 'metrics.json', 'training_curves.png'])
     metrics = json.loads((run / 'metrics.json').read_text())
-    assert metrics['scale'] == 'smoke' and metrics['method'] == 'adv_dpnp' and metrics['n_test'] == 100
+    assert metrics['preset'] == 'smoke' and metrics['method'] == 'adv_dpnp' and metrics['n_test'] == 100
     assert metrics['eps'] == 0.2 and metrics['attack']['steps'] == 20
     assert 0.0 <= metrics['pgd20_acc'] <= 1.0
     assert binomial_bounds(round(metrics['clean_acc'] * 100), 100)[0] > 0.1     # above chance after 2 epochs (level 0.001)

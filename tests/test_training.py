@@ -8,11 +8,11 @@ from unittest import mock
 import pytest
 import torch
 
-from advdpnp.attacks import binomial_bounds
 from advdpnp.config import make_config
 from advdpnp.data import DatasetNotFoundError, load_torchvision
 from advdpnp.models import build_model
 from advdpnp.runs import RunExistsError, load_run
+from advdpnp.stats import binomial_bounds
 from advdpnp.train import seed_everything, train
 
 
