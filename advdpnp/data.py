@@ -20,7 +20,7 @@ from .config import DATASETS, RunConfig
 
 # %% auto #0
 __all__ = ['ImageData', 'balanced_subset', 'DatasetNotFoundError', 'load_torchvision', 'load_digits', 'load_imagefolder',
-           'validation_split', 'load_data', 'batch_indices', 'to_float', 'augment']
+           'load_test_split', 'validation_split', 'load_data', 'batch_indices', 'to_float', 'augment']
 
 # %% ../nbs/01_data.ipynb #07ad32d3
 @dataclass
@@ -135,14 +135,15 @@ def _decode(folder, path) -> torch.Tensor:
         raise ValueError(f'imagefolder: cannot decode {path} ({type(e).__name__}: {e}); replace or remove the file') from None
 
 def load_imagefolder(root, n_train=None, n_test=None, seed=0) -> ImageData:
-    "An ImageFolder tree with `train/` and `test/` as an `ImageData`; only the chosen subset is decoded."
+    "An ImageFolder tree with `train/` and `test/` as an `ImageData`; only the chosen subset is decoded (n_train=0: no training images)."
     root = Path(root)
-    missing = [s for s in ('train', 'test') if not (root / s).is_dir()]
+    missing = [s for s in ('train', 'test') if not (root / s).is_dir() and not (s == 'train' and n_train == 0)]
     if missing:
         raise DatasetNotFoundError(f'imagefolder: {root.resolve()} must contain train/ and test/ folders with one '
                                    f'sub-folder of images per class; missing: {", ".join(m + "/" for m in missing)}')
     splits, classes = {}, None
     for split, n in (('train', n_train), ('test', n_test)):
+        if n == 0: continue                                   # evaluating a model trained elsewhere needs no training images
         try: folder = torchvision.datasets.ImageFolder(str(root / split))
         except (FileNotFoundError, RuntimeError) as e:
             raise DatasetNotFoundError(f'imagefolder: no images found under {(root / split).resolve()}: {e}') from None
@@ -163,7 +164,15 @@ def load_imagefolder(root, n_train=None, n_test=None, seed=0) -> ImageData:
                              f'{odd[0][0]} is {odd[0][1]}' + (f' (and {len(odd) - 1} more)' if len(odd) > 1 else '')
                              + '; resize or remove them')
         splits[split] = (torch.stack(images), targets[idx])
+    if 'train' not in splits:
+        splits['train'] = (torch.empty(0, *splits['test'][0].shape[1:], dtype=torch.uint8), torch.empty(0, dtype=torch.long))
     return ImageData('imagefolder', *splits['train'], *splits['test'], classes, pad=4, flip=True)
+
+def load_test_split(dataset: str, data_dir='data', n_test=None, seed: int = 0, download: bool = False) -> ImageData:
+    "Only the test (sub)set of `dataset`, class-balanced under `seed` (an image folder's training images are not decoded): what evaluating a model trained elsewhere needs."
+    if dataset == 'imagefolder': return load_imagefolder(data_dir, 0, n_test, seed)
+    if dataset == 'digits': return load_digits(None, n_test, seed)
+    return load_torchvision(dataset, data_dir, None, n_test, seed, download)
 
 # %% ../nbs/01_data.ipynb #e8748a11
 def validation_split(data: ImageData, fraction: float, seed: int = 0) -> ImageData:

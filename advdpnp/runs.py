@@ -24,9 +24,9 @@ from .files import atomic_write, file_sha256, json_sha256, read_json, write_json
 from .models import build_model, to_channels_last
 
 # %% auto #0
-__all__ = ['RunLockedError', 'RunExistsError', 'CheckpointError', 'ArtifactError', 'path_error', 'RunLock', 'lock_holder',
-           'load_checkpoint', 'RunFolder', 'load_run', 'evaluation_request', 'check_evaluation', 'run_status',
-           'list_runs', 'robust_key', 'compare_runs']
+__all__ = ['FOREIGN_IDENTITY', 'RunLockedError', 'RunExistsError', 'CheckpointError', 'ArtifactError', 'path_error', 'RunLock',
+           'lock_holder', 'load_checkpoint', 'RunFolder', 'load_run', 'evaluation_request', 'check_evaluation',
+           'run_status', 'list_runs', 'robust_key', 'compare_runs']
 
 # %% ../nbs/04b_runs.ipynb #76d8e92c
 class RunLockedError(RuntimeError):
@@ -153,10 +153,11 @@ class RunFolder:
     CORRUPTIONS, CORRUPTION_TABLE, CORRUPTION_FIGURE = 'corruptions.json', 'corruptions.csv', 'corruption_severity.png'
     FEATURES, FEATURE_ARRAYS = 'features.json', 'features.npz'
     GRID_EVAL = 'grid_eval.json'                # the paper grid's record of the evaluation it asked for
+    MODEL = 'model.json'                        # an evaluation folder's description of a model trained elsewhere (06b_foreign)
     LEGACY_EVAL = 'eval.json'                   # the single evaluation file of folders written before `evaluations/`
     LEGACY = (LEGACY_EVAL, 'model_card.json', 'autoattack_state.json')
     TRAIN_FILES = (METRICS, CHECKPOINT, HISTORY, CURVES, CONFIG)     # metrics first: a half-cleared folder is never "finished"
-    EVAL_FILES = (CORRUPTIONS, CORRUPTION_TABLE, CORRUPTION_FIGURE, FEATURES, FEATURE_ARRAYS, GRID_EVAL, *LEGACY)
+    EVAL_FILES = (CORRUPTIONS, CORRUPTION_TABLE, CORRUPTION_FIGURE, FEATURES, FEATURE_ARRAYS, GRID_EVAL, *LEGACY, MODEL)
     CHECKPOINT_KEYS = ('model', 'config', 'input_shape', 'classes')
 
     def __init__(self, path): self.path = Path(path)
@@ -168,12 +169,13 @@ class RunFolder:
     def finished(self) -> bool: return self.file(self.METRICS).exists()
 
     def status(self) -> str:
-        "'finished', 'training' (held by a live process), 'unfinished', 'empty' or 'unreadable'; reads only."
+        "'finished', 'training' (held by a live process), 'unfinished', 'foreign' (a model trained elsewhere), 'empty' or 'unreadable'; reads only."
         try:
             holder = lock_holder(self.path)
             if holder == 'unreadable': return 'unreadable'
             if holder is not None: return 'training'
             if self.finished: return 'finished'
+            if self.file(self.MODEL).exists(): return 'foreign'
             return 'unfinished' if self.file(self.CONFIG).exists() else 'empty'
         except OSError: return 'unreadable'
 
@@ -198,6 +200,9 @@ def check(self: RunFolder, cfg: RunConfig) -> str:
             raise RunExistsError(f'{self.path} already holds an unfinished run with other parameters (field: (there, asked)) '
                                  f'{diff}; choose another name= or out_dir=, or pass overwrite=True to replace it')
         return 'resume'
+    if self.file(self.MODEL).exists():
+        raise RunExistsError(f'{self.path} is the evaluation folder of a model trained elsewhere ({self.MODEL}); choose '
+                             f'another name= or out_dir=, or pass overwrite=True to replace it and its evaluations')
     existing = [a for a in self.TRAIN_FILES if self.file(a).exists()]
     if existing:
         raise RunExistsError(f'{self.path} already holds a run ({", ".join(existing)}) without {self.CONFIG}; '
@@ -250,7 +255,7 @@ def _temporaries(self: RunFolder):
 def _clear(self: RunFolder) -> None:
     "Remove every artifact of a previous run (metrics.json first), its evaluations, resume checkpoints and temporaries."
     for name in (*self.TRAIN_FILES, *self.EVAL_FILES, self.RESUME, self.RESUME_PREV):
-        if self.file(name).is_file() or self.file(name).is_symlink(): self.file(name).unlink()
+        if self.file(name).is_file() or self.file(name).is_symlink(): self.file(name).unlink()   # model.json included
     for p in list(self._temporaries()): p.unlink()
     if self._evaluations_dir(create=False):
         for p in self.file(self.EVALUATIONS).glob('*.json'): p.unlink()
@@ -356,7 +361,7 @@ def check_evaluation(result: dict, path) -> dict:
 def verified(self: RunFolder, artifact: dict | None, path) -> dict | None:
     "`artifact` if it records this run's checkpoint SHA-256 (None stays None); ArtifactError naming `path` otherwise."
     if artifact is None: return None
-    have, want = artifact.get('checkpoint_sha256'), self.metrics().get('checkpoint_sha256')
+    have, want = artifact.get('checkpoint_sha256'), self.checkpoint_sha256()
     if not have:
         raise ArtifactError(f'{path} records no checkpoint_sha256, so it cannot be matched to this run\'s checkpoint '
                             f'(copied from another run, or written by hand); delete it and evaluate the run again')
@@ -364,6 +369,12 @@ def verified(self: RunFolder, artifact: dict | None, path) -> dict | None:
         raise ArtifactError(f'{path} was computed on another checkpoint ({have[:12]}…) than the run\'s ({want[:12]}…): '
                             f'delete it and evaluate the run again')
     return artifact
+
+@patch
+def checkpoint_sha256(self: RunFolder) -> str | None:
+    "The SHA-256 of the weights every artifact here must record: metrics.json's (a run trained here) or model.json's (a model trained elsewhere)."
+    if self.finished or not self.file(self.MODEL).exists(): return self.metrics().get('checkpoint_sha256')
+    return self.foreign_model()['checkpoint_sha256']
 
 @patch
 def _read(self: RunFolder, name: str, what: str) -> dict | None:
@@ -391,7 +402,7 @@ def evaluations(self: RunFolder) -> list:
 @patch
 def evaluation_path(self: RunFolder, request: dict) -> Path | None:
     "The file of this checkpoint's evaluation made for `request` (a legacy eval.json counts if it ran the same attacks, ε and points); None if none."
-    folder, want = self._evaluations_dir(create=False), self.metrics().get('checkpoint_sha256')
+    folder, want = self._evaluations_dir(create=False), self.checkpoint_sha256()
     for p in sorted(folder.glob('*.json'), key=os.path.getmtime, reverse=True) if folder else []:
         if p.name.startswith(self.AA_STATE): continue
         result = read_json(p, 'evaluation')
@@ -457,6 +468,33 @@ def write_grid_marker(self: RunFolder, request: dict) -> None: write_json(self.f
 @patch
 def clear_grid_marker(self: RunFolder) -> None:
     if self.file(self.GRID_EVAL).exists(): self.file(self.GRID_EVAL).unlink()
+
+# %% ../nbs/04b_runs.ipynb #cd760026
+FOREIGN_IDENTITY = ('spec', 'kwargs', 'checkpoint_sha256', 'state_key', 'mean', 'std', 'dataset', 'n_test', 'seed')
+
+@patch
+def foreign_model(self: RunFolder) -> dict:
+    "The description of the model trained elsewhere that this evaluation folder evaluates (model.json)."
+    return read_json(self._require(self.MODEL), 'model description')
+
+@patch
+def start_foreign(self: RunFolder, description: dict, overwrite: bool = False) -> str:
+    "Make this folder (locked by the caller) the evaluation folder of `description`'s model: 'new', or 'same' (its evaluations kept)."
+    trained = [f for f in self.TRAIN_FILES if self.file(f).exists()]
+    if trained:
+        raise RunExistsError(f'{self.path} holds a run trained here ({", ".join(trained)}); evaluate a model trained '
+                             f'elsewhere in a folder of its own (another name= or out_dir=)')
+    if self.file(self.MODEL).exists() and not overwrite:
+        old = self.foreign_model()
+        diff = {k: (old.get(k), description.get(k)) for k in FOREIGN_IDENTITY if old.get(k) != description.get(k)}
+        if diff:
+            raise RunExistsError(f'{self.path} evaluates another model or test set (field: (there, asked)) {diff}; '
+                                 f'choose another name= or out_dir=, or pass overwrite=True to replace its evaluations')
+        write_json(self.file(self.MODEL), description)      # the same model: a moved checkpoint path is recorded
+        return 'same'
+    self._clear()
+    write_json(self.file(self.MODEL), description)
+    return 'new'
 
 # %% ../nbs/04b_runs.ipynb #9f795ba8
 def run_status(run_dir) -> str:
