@@ -18,16 +18,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attacks import ThreatModel, correct_under_attack, eval_mode, fgsm_attack, model_device, pgd_attack
-from .data import balanced_subset, batch_indices, load_data, to_float
+from .config import DATASETS, PRESET_VALUES
+from .data import balanced_subset, batch_indices, load_data, load_test_split, to_float
+from .foreign import load_foreign_model
 from .models import DEFAULT_WIDTHS
 from .files import indices_sha256, read_json, write_json
-from .runs import RunFolder, evaluation_request, load_run
+from .runs import CheckpointError, RunFolder, evaluation_request, load_run
 from .stats import binomial_bounds, paired_difference, standard_error
 
 # %% auto #0
 __all__ = ['EVAL_ATTACKS', 'EVAL_STEPS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
            'evaluate_robustness', 'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'TestPoints',
-           'load_run_test_points', 'auto_batch_size', 'evaluate_run', 'results_table']
+           'load_run_test_points', 'auto_batch_size', 'evaluate_run', 'results_table', 'ForeignTarget',
+           'foreign_threat_model', 'load_foreign_test_points', 'evaluate_foreign']
 
 # %% ../nbs/06_evaluate.ipynb #5943e34b
 EVAL_ATTACKS = ('fgsm', 'pgd', 'cw', 'autoattack')
@@ -268,8 +271,9 @@ def square_check(model, images, labels, eps, whitebox_ok, queries: int = 1000, b
 def model_card(cfg, result: dict, name: str | None = None) -> dict:
     "RobustBench-style model entry for an evaluated run."
     acc = result['accuracy']
-    return {'name': name or cfg.run_name, 'link': '', 'authors': 'advdpnp (reconstruction)', 'venue': '',
-            'architecture': f"{cfg.arch} (width {cfg.width or DEFAULT_WIDTHS[cfg.arch]}), {cfg.head} head",
+    foreign = getattr(cfg, 'preset', None) == 'foreign'          # a ForeignTarget: a model trained elsewhere
+    return {'name': name or cfg.run_name, 'link': '', 'authors': '' if foreign else 'advdpnp (reconstruction)', 'venue': '',
+            'architecture': cfg.architecture if foreign else f"{cfg.arch} (width {cfg.width or DEFAULT_WIDTHS[cfg.arch]}), {cfg.head} head",
             'dataset': cfg.dataset, 'threat_model': 'Linf', 'eps': f'{cfg.eps:.6g}',
             'clean_acc': f"{100 * acc['clean']:.2f}",
             'autoattack_acc': f"{100 * acc['autoattack']:.2f}" if 'autoattack' in acc else None,
@@ -278,7 +282,9 @@ def model_card(cfg, result: dict, name: str | None = None) -> dict:
             'standard_errors': {k: f'{100 * v:.2f}' for k, v in result['standard_errors'].items()},
             'checkpoint_sha256': result.get('checkpoint_sha256'),
             'additional_data': False, 'number_forward_passes': 1, 'reported': None, 'unreliable': None,
-            'footnote': f"{cfg.preset} preset; evaluated on {result['n']} test points; advdpnp's numbers, not the paper's"}
+            'footnote': (f"trained elsewhere; evaluated by advdpnp on {result['n']} test points" if foreign else
+                         f"{cfg.preset} preset; evaluated on {result['n']} test points; advdpnp's numbers, not the paper's"),
+            **(cfg.card if foreign else {})}
 
 @dataclass
 class TestPoints:
@@ -306,7 +312,8 @@ class TestPoints:
                 'points': {'n': len(self.indices), 'indices_sha256': indices_sha256(self.indices)}}
 
 def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu') -> TestPoints:
-    "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None); nested in n_eval."
+    "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None); nested in n_eval. An evaluation folder of a model trained elsewhere: `load_foreign_test_points`."
+    if RunFolder(run_dir).file(RunFolder.MODEL).exists(): return load_foreign_test_points(run_dir, n_eval, device)
     model, cfg, ckpt = load_run(run_dir, device)
     data = load_data(cfg)
     idx = balanced_subset(data.y_test, n_eval, cfg.seed)
@@ -345,7 +352,7 @@ def _evaluate_run(folder: RunFolder, attacks, n_eval, eps, batch_size, soundness
     # `points` already loaded (evaluate.ipynb loads the model and the points once): a class-balanced n_eval of them
     points = load_run_test_points(run_dir, n_eval, device) if points is None else points.subset(n_eval)
     model, cfg, images, labels = points
-    n_classes = len(model.head.prototypes()) if model.has_prototypes else model.head.out_features
+    n_classes = len(points.classes)
     if 'autoattack' in attacks and n_classes < 10:
         raise ValueError(f'AutoAttack (standard) needs at least 10 classes (APGD-T and FAB-T target the 9 runner-up '
                          f'classes); {run_dir.name} has {n_classes}: use the white-box attacks {[a for a in EVAL_ATTACKS if a != "autoattack"]}')
@@ -375,3 +382,66 @@ def results_table(result: dict) -> pd.DataFrame:
     rows.append({'attack': 'worst case (per point)', 'accuracy (%)': f"{100 * result['worst_case']:.1f} ± {100 * se['worst_case']:.1f}",
                  'n': n.get('worst_case', result['n']), 'seconds': sum(result['seconds'].values())})
     return pd.DataFrame(rows)
+
+# %% ../nbs/06_evaluate.ipynb #7aafca96
+@dataclass(frozen=True)
+class ForeignTarget:
+    "What an evaluation needs of a model trained elsewhere: the counterpart of a trained run's RunConfig."
+    run_name: str
+    dataset: str
+    eps: float
+    eval_step: float
+    seed: int = 0
+    architecture: str = ''
+    card: dict = dataclasses.field(default_factory=dict)   # model-card fields given by the user (venue, link, additional_data, ...)
+    preset: str = 'foreign'                               # trained elsewhere, with its own recipe: not an advdpnp preset
+    method: str = 'foreign'
+
+def foreign_threat_model(dataset: str, eps: float | None = None, eval_step: float | None = None) -> tuple:
+    "(eps, PGD step) for a model trained elsewhere: the dataset's standard eps (8/255 for the CIFAR-style sets) and step 2/255, or eps/4 for another eps."
+    standard = PRESET_VALUES['paper'][dataset]
+    eps = standard['eps'] if eps is None else float(eps)
+    if not 0 < eps <= 1: raise ValueError(f'eps={eps} must lie in (0, 1] (inputs are [0, 1] pixels)')
+    return eps, float(eval_step) if eval_step is not None else (standard['eval_step'] if eps == standard['eps'] else eps / 4)
+
+def _foreign_points(description: dict, model, data, n_eval, device) -> TestPoints:
+    target = ForeignTarget(description['name'], description['dataset'], description['eps'], description['eval_step'],
+                           description['seed'], description['spec'], description.get('card') or {})
+    idx = balanced_subset(data.y_test, n_eval, description['seed'])
+    return TestPoints(model.to(device).eval(), target, description['checkpoint_sha256'], data.x_test[idx], data.y_test[idx],
+                      idx, tuple(data.classes))
+
+def load_foreign_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu') -> TestPoints:
+    "The model of an evaluation folder (rebuilt from its model.json, the checkpoint's SHA-256 checked) and a class-balanced `n_eval` of its test points."
+    folder = RunFolder(run_dir)
+    d = folder.foreign_model()
+    model, info = load_foreign_model(d['spec'], d['checkpoint'], d['kwargs'], d['state_key'], d['mean'], d['std'],
+                                     d['trusted_unpickling'], d['num_classes'], tuple(d['input_shape']))
+    if info['checkpoint_sha256'] != d['checkpoint_sha256']:
+        raise CheckpointError(f"{d['checkpoint']} has changed since {folder.file(folder.MODEL)} recorded it (SHA-256 "
+                              f"{info['checkpoint_sha256'][:12]}… vs {d['checkpoint_sha256'][:12]}…): evaluate the new file "
+                              f"in another folder, or with overwrite=True")
+    return _foreign_points(d, model, load_test_split(d['dataset'], d['data_dir'], d['n_test'], d['seed']), n_eval, device)
+
+def evaluate_foreign(spec: str, checkpoint, dataset: str, name: str | None = None, out_dir='runs', data_dir='data',
+                     n_test: int | None = None, seed: int = 0, eps: float | None = None, eval_step: float | None = None,
+                     kwargs: dict | None = None, state_key: str | None = None, mean=None, std=None, trust: bool = False,
+                     card: dict | None = None, overwrite: bool = False, attacks=EVAL_ATTACKS, n_eval: int | None = None,
+                     n_autoattack: int | None = None, batch_size: int | str = 256, soundness: bool = True,
+                     device: str = 'cpu', progress: bool = True) -> dict:
+    "Evaluate a model trained elsewhere (`06b_foreign`'s spec and checkpoint) on `dataset`'s test points in its evaluation folder <out_dir>/<name>; the evaluation."
+    attacks = check_attacks(attacks)
+    if dataset not in DATASETS: raise ValueError(f'dataset={dataset!r} is not valid; choose one of {list(DATASETS)}')
+    for k, v in (('n_test', n_test), ('n_eval', n_eval), ('n_autoattack', n_autoattack)): check_count(k, v)
+    eps, step = foreign_threat_model(dataset, eps, eval_step)
+    data = load_test_split(dataset, data_dir, n_test, seed)     # every mismatch is found before the folder is touched
+    model, info = load_foreign_model(spec, checkpoint, kwargs, state_key, mean, std, trust, len(data.classes),
+                                     tuple(data.x_test.shape[1:]))
+    name = name or f'eval-{Path(checkpoint).stem}-{dataset}'
+    description = {**info, 'name': name, 'dataset': dataset, 'data_dir': str(Path(data_dir).resolve()), 'n_test': n_test,
+                   'seed': seed, 'eps': eps, 'eval_step': step, 'card': dict(card or {})}
+    folder = RunFolder(Path(out_dir) / name)
+    with folder.lock():
+        folder.start_foreign(description, overwrite)
+        points = _foreign_points(description, model, data, None, device)
+        return _evaluate_run(folder, attacks, n_eval, eps, batch_size, soundness, device, progress, n_autoattack, points)

@@ -210,3 +210,31 @@ def test_pyautoattack_resnet18_loads_strictly():
     assert info['num_parameters'] == 11_173_962
     batch = torch.rand(2, 3, 32, 32)
     with torch.no_grad(): assert torch.equal(model(batch), model(batch))      # deterministic in eval mode
+
+
+def test_evaluate_notebook_on_a_model_trained_elsewhere(root, tmp_path):
+    "nbs/evaluate.ipynb with model/checkpoint/dataset: pyautoattack's ResNet-18 gets an evaluation folder with model.json, the evaluation and its card; a second request adds to it."
+    import papermill
+    from conftest import write_tiny_imagefolder
+    from advdpnp.files import file_sha256
+    from advdpnp.runs import RunFolder
+    example = pyautoattack_example()
+    if example is None: pytest.skip("pyautoattack's example model (examples/model_test.pt, examples/resnet.py) is not installed")
+    spec, checkpoint = example
+    data = write_tiny_imagefolder(tmp_path / 'folder', classes=tuple('abcdefghij'), per_class=2, size=32)
+    run = lambda out, **p: papermill.execute_notebook(
+        str(root / 'nbs' / 'evaluate.ipynb'), str(tmp_path / out), cwd=str(root), progress_bar=False, kernel_name='python3',
+        parameters=dict(model=spec, checkpoint=str(checkpoint), dataset='imagefolder', data_dir=str(data), out_dir=str(tmp_path / 'runs'),
+                        attacks='pgd', soundness=False, device='cpu', card='{"venue": "examples of pyautoattack"}', **p))
+    run('a.ipynb', n_eval=10)
+    folder = RunFolder(tmp_path / 'runs' / 'eval-model_test-imagefolder')
+    assert folder.status() == 'foreign'
+    model = folder.foreign_model()
+    assert model['checkpoint_sha256'] == file_sha256(checkpoint) and model['num_classes'] == 10 and model['spec'] == spec
+    (evaluation,) = folder.evaluations()
+    assert evaluation['n'] == 10 and evaluation['request']['attacks'] == ['pgd'] and abs(evaluation['eps'] - 8 / 255) < 1e-12
+    assert evaluation['model_card']['venue'] == 'examples of pyautoattack' and evaluation['model_card']['architecture'] == spec
+    run('b.ipynb', n_eval=4)
+    assert sorted(e['n'] for e in folder.evaluations()) == [4, 10]
+    with pytest.raises(papermill.PapermillExecutionError, match='not both'):
+        run('c.ipynb', run_dir=str(folder.path))
