@@ -18,9 +18,9 @@ from .files import read_json
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
            'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'SCHEDULES', 'DATASET_SIZES',
            'DATASET_CLASSES', 'NAME_MAX', 'SEED_MAX', 'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'NOT_IDENTITY',
-           'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig', 'ConfigError', 'training_size', 'config_problems',
-           'closest', 'make_config', 'load_config', 'config_differences', 'parse_fraction', 'check_notebook_parameters',
-           'parameter_help', 'notebook_parameter_cell']
+           'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig', 'ConfigError', 'name_problems', 'training_size',
+           'config_problems', 'closest', 'make_config', 'load_config', 'config_differences', 'parse_fraction',
+           'check_notebook_parameters', 'parameter_help', 'notebook_parameter_cell']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
@@ -181,14 +181,19 @@ def _type_problems(cfg) -> list:
         if not isinstance(getattr(cfg, k), str): out.append(f'{k}={getattr(cfg, k)!r} must be a string')
     for k in _BOOLS:
         if not isinstance(getattr(cfg, k), bool): out.append(f'{k}={getattr(cfg, k)!r} must be True or False')
-    if cfg.name is not None and (not isinstance(cfg.name, str) or not cfg.name or '/' in cfg.name or cfg.name.startswith('.')):
-        out.append(f'name={cfg.name!r} must be a plain folder name (no "/", not starting with ".") or None')
-    for k in ('name', 'out_dir', 'data_dir'):
+    if cfg.name is not None: out += name_problems(cfg.name)
+    for k in ('out_dir', 'data_dir'):
         v = getattr(cfg, k)
         if isinstance(v, str) and '\0' in v: out.append(f'{k}={v!r} contains a NUL character, which no file name can hold')
-    if isinstance(cfg.name, str) and len(cfg.name.encode()) > NAME_MAX:
-        out.append(f'name={cfg.name[:40]!r}... is {len(cfg.name.encode())} bytes long; a folder name holds at most {NAME_MAX}')
     return out
+
+def name_problems(name) -> list:
+    "What is wrong with `name` as a run or evaluation folder's name (empty when it is a plain folder name)."
+    if not isinstance(name, str) or not name or '/' in name or name.startswith('.'):
+        return [f'name={name!r} must be a plain folder name (no "/", not starting with ".") or None']
+    if '\0' in name: return [f'name={name!r} contains a NUL character, which no file name can hold']
+    if len(name.encode()) > NAME_MAX: return [f'name={name[:40]!r}... is {len(name.encode())} bytes long; a folder name holds at most {NAME_MAX}']
+    return []
 
 # %% ../nbs/00_config.ipynb #e9753774
 def _range_problems(cfg) -> list:

@@ -18,18 +18,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .attacks import ThreatModel, correct_under_attack, eval_mode, fgsm_attack, model_device, pgd_attack
-from .config import DATASETS, PRESET_VALUES
+from .config import DATASETS, PRESET_VALUES, name_problems
 from .data import balanced_subset, batch_indices, load_data, load_test_split, to_float
 from .foreign import load_foreign_model
 from .models import DEFAULT_WIDTHS
-from .files import indices_sha256, read_json, write_json
+from .files import file_sha256, indices_sha256, read_json, write_json
 from .runs import CheckpointError, RunFolder, evaluation_request, load_run
 from .stats import binomial_bounds, paired_difference, standard_error
 
 # %% auto #0
 __all__ = ['EVAL_ATTACKS', 'EVAL_STEPS', 'AA_STATE_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'run_autoattack',
            'evaluate_robustness', 'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'TestPoints',
-           'load_run_test_points', 'auto_batch_size', 'evaluate_run', 'results_table', 'ForeignTarget',
+           'load_run_test_points', 'auto_batch_size', 'check_request', 'evaluate_run', 'results_table', 'ForeignTarget',
            'foreign_threat_model', 'load_foreign_test_points', 'evaluate_foreign']
 
 # %% ../nbs/06_evaluate.ipynb #5943e34b
@@ -272,7 +272,9 @@ def model_card(cfg, result: dict, name: str | None = None) -> dict:
     "RobustBench-style model entry for an evaluated run."
     acc = result['accuracy']
     foreign = getattr(cfg, 'preset', None) == 'foreign'          # a ForeignTarget: a model trained elsewhere
-    return {'name': name or cfg.run_name, 'link': '', 'authors': '' if foreign else 'advdpnp (reconstruction)', 'venue': '',
+    described = {'link': '', 'authors': '' if foreign else 'advdpnp (reconstruction)', 'venue': '', 'additional_data': False,
+                 'reported': None, 'unreliable': None}
+    return {'name': name or cfg.run_name, **described, **(cfg.card if foreign else {}),   # the user's fields, then the measured ones
             'architecture': cfg.architecture if foreign else f"{cfg.arch} (width {cfg.width or DEFAULT_WIDTHS[cfg.arch]}), {cfg.head} head",
             'dataset': cfg.dataset, 'threat_model': 'Linf', 'eps': f'{cfg.eps:.6g}',
             'clean_acc': f"{100 * acc['clean']:.2f}",
@@ -281,10 +283,10 @@ def model_card(cfg, result: dict, name: str | None = None) -> dict:
             'n_autoattack': result.get('n_per_attack', {}).get('autoattack'),
             'standard_errors': {k: f'{100 * v:.2f}' for k, v in result['standard_errors'].items()},
             'checkpoint_sha256': result.get('checkpoint_sha256'),
-            'additional_data': False, 'number_forward_passes': 1, 'reported': None, 'unreliable': None,
+            'number_forward_passes': 1,
             'footnote': (f"trained elsewhere; evaluated by advdpnp on {result['n']} test points" if foreign else
                          f"{cfg.preset} preset; evaluated on {result['n']} test points; advdpnp's numbers, not the paper's"),
-            **(cfg.card if foreign else {})}
+            }
 
 @dataclass
 class TestPoints:
@@ -332,15 +334,19 @@ def auto_batch_size(model, input_shape, device, fraction: float = 0.6, cap: int 
     free, _ = torch.cuda.mem_get_info(device)
     return int(max(probe, min(cap, fraction * free / per_image)) // probe * probe)
 
+def check_request(n_eval, n_autoattack, batch_size) -> None:
+    "One clear error, before any work, for point counts and a batch size that an evaluation cannot use."
+    check_count('n_eval', n_eval); check_count('n_autoattack', n_autoattack)
+    if n_autoattack is not None and n_eval is not None and n_autoattack > n_eval:
+        raise ValueError(f'n_autoattack={n_autoattack} must not exceed n_eval={n_eval} (AutoAttack runs on a subset of the evaluated points)')
+    if batch_size != 'auto': check_count('batch_size', batch_size, allow_none=False)
+
 def evaluate_run(run_dir, attacks=EVAL_ATTACKS, n_eval: int | None = None, eps: float | None = None,
                  batch_size: int | str = 256, soundness: bool = True, device: str = 'cpu', progress: bool = True,
                  n_autoattack: int | None = None, points: TestPoints | None = None) -> dict:
     "Evaluate a run folder; adds the evaluation (with its model card) to the folder's evaluations and returns it. batch_size='auto': sized to memory; AutoAttack on a class-balanced `n_autoattack` of the points."
     run_dir, attacks = Path(run_dir), check_attacks(attacks)
-    check_count('n_eval', n_eval); check_count('n_autoattack', n_autoattack)
-    if n_autoattack is not None and n_eval is not None and n_autoattack > n_eval:
-        raise ValueError(f'n_autoattack={n_autoattack} must not exceed n_eval={n_eval} (AutoAttack runs on a subset of the evaluated points)')
-    if batch_size != 'auto': check_count('batch_size', batch_size, allow_none=False)
+    check_request(n_eval, n_autoattack, batch_size)
     if eps is not None and not 0 <= eps <= 1: raise ValueError(f'eps={eps} must lie in [0, 1]')
     folder = RunFolder(run_dir)
     with folder.lock():   # before any work: the folder is writable and no other process trains or evaluates in it
@@ -394,6 +400,7 @@ class ForeignTarget:
     seed: int = 0
     architecture: str = ''
     card: dict = dataclasses.field(default_factory=dict)   # model-card fields given by the user (venue, link, additional_data, ...)
+    data_dir: str = 'data'                                # where its dataset lives (the corruption evaluation reads it too)
     preset: str = 'foreign'                               # trained elsewhere, with its own recipe: not an advdpnp preset
     method: str = 'foreign'
 
@@ -406,7 +413,7 @@ def foreign_threat_model(dataset: str, eps: float | None = None, eval_step: floa
 
 def _foreign_points(description: dict, model, data, n_eval, device) -> TestPoints:
     target = ForeignTarget(description['name'], description['dataset'], description['eps'], description['eval_step'],
-                           description['seed'], description['spec'], description.get('card') or {})
+                           description['seed'], description['spec'], description.get('card') or {}, description['data_dir'])
     idx = balanced_subset(data.y_test, n_eval, description['seed'])
     return TestPoints(model.to(device).eval(), target, description['checkpoint_sha256'], data.x_test[idx], data.y_test[idx],
                       idx, tuple(data.classes))
@@ -415,12 +422,13 @@ def load_foreign_test_points(run_dir, n_eval: int | None = None, device: str = '
     "The model of an evaluation folder (rebuilt from its model.json, the checkpoint's SHA-256 checked) and a class-balanced `n_eval` of its test points."
     folder = RunFolder(run_dir)
     d = folder.foreign_model()
+    sha = file_sha256(d['checkpoint']) if Path(d['checkpoint']).is_file() else 'missing'
+    if sha != d['checkpoint_sha256']:            # before the file is read: a trusted checkpoint must not be unpickled unchecked
+        raise CheckpointError(f"{d['checkpoint']} has changed since {folder.file(folder.MODEL)} recorded it (SHA-256 "
+                              f"{sha[:12]}… vs {d['checkpoint_sha256'][:12]}…): evaluate the new file in another folder, "
+                              f"or with overwrite=True")
     model, info = load_foreign_model(d['spec'], d['checkpoint'], d['kwargs'], d['state_key'], d['mean'], d['std'],
                                      d['trusted_unpickling'], d['num_classes'], tuple(d['input_shape']))
-    if info['checkpoint_sha256'] != d['checkpoint_sha256']:
-        raise CheckpointError(f"{d['checkpoint']} has changed since {folder.file(folder.MODEL)} recorded it (SHA-256 "
-                              f"{info['checkpoint_sha256'][:12]}… vs {d['checkpoint_sha256'][:12]}…): evaluate the new file "
-                              f"in another folder, or with overwrite=True")
     return _foreign_points(d, model, load_test_split(d['dataset'], d['data_dir'], d['n_test'], d['seed']), n_eval, device)
 
 def evaluate_foreign(spec: str, checkpoint, dataset: str, name: str | None = None, out_dir='runs', data_dir='data',
@@ -432,9 +440,12 @@ def evaluate_foreign(spec: str, checkpoint, dataset: str, name: str | None = Non
     "Evaluate a model trained elsewhere (`06b_foreign`'s spec and checkpoint) on `dataset`'s test points in its evaluation folder <out_dir>/<name>; the evaluation."
     attacks = check_attacks(attacks)
     if dataset not in DATASETS: raise ValueError(f'dataset={dataset!r} is not valid; choose one of {list(DATASETS)}')
-    for k, v in (('n_test', n_test), ('n_eval', n_eval), ('n_autoattack', n_autoattack)): check_count(k, v)
+    check_count('n_test', n_test); check_request(n_eval, n_autoattack, batch_size)
+    if name is not None and (problems := name_problems(name)): raise ValueError(problems[0])
     eps, step = foreign_threat_model(dataset, eps, eval_step)
     data = load_test_split(dataset, data_dir, n_test, seed)     # every mismatch is found before the folder is touched
+    if 'autoattack' in attacks and len(data.classes) < 10:
+        raise ValueError(f'AutoAttack (standard) needs at least 10 classes; {dataset} has {len(data.classes)}: use the white-box attacks')
     model, info = load_foreign_model(spec, checkpoint, kwargs, state_key, mean, std, trust, len(data.classes),
                                      tuple(data.x_test.shape[1:]))
     name = name or f'eval-{Path(checkpoint).stem}-{dataset}'

@@ -210,7 +210,7 @@ def run_state(grid: Grid, run: GridRun) -> dict:
         raise GridConflictError(f'{folder.path} holds a different run (field: (found, wanted)) {diff}; '
                                 f'delete it or choose another out_dir')
     trained = folder.finished
-    evaluated = run.evaluate is None or (trained and folder.grid_marker() == run.evaluate)
+    evaluated = run.evaluate is None or (trained and folder.grid_marker() == run.evaluate and grid_evaluation(grid, run.name) is not None)
     return {'trained': trained, 'evaluated': evaluated, 'partial': not trained}
 
 def grid_request(grid: Grid, name: str) -> dict | None:

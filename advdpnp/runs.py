@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
 import socket
 import stat
@@ -65,6 +66,15 @@ def _open_regular(path: Path, flags: int, mode: int = 0o666) -> int:
         raise OSError(errno.EINVAL, f'{path} cannot be opened: it is not a regular file; remove it')
     return fd
 
+def _flock_exclusive(fd: int, tries: int = 20) -> bool:
+    "Take the exclusive lock without waiting for a holder; retried for 0.2 s, since a reader's probe holds a shared lock for an instant."
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError: time.sleep(0.01)
+    return False
+
 class RunLock:
     "Exclusive lock on a run folder (`with RunLock(run_dir): ...`); RunLockedError if another process holds it."
     NAME = '.lock'
@@ -80,8 +90,7 @@ class RunLock:
         while True:
             fd = _open_regular(self.path, os.O_RDWR | os.O_CREAT)
             try:
-                try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not _flock_exclusive(fd):
                     owner = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'unknown owner'
                     raise RunLockedError(f'{self.run_dir} is in use by another process ({owner}); wait for it to finish, '
                                          f'or choose another name= or out_dir=') from None
@@ -406,7 +415,7 @@ def evaluation_path(self: RunFolder, request: dict) -> Path | None:
     for p in sorted(folder.glob('*.json'), key=os.path.getmtime, reverse=True) if folder else []:
         if p.name.startswith(self.AA_STATE): continue
         result = read_json(p, 'evaluation')
-        if result.get('request') == request and result.get('checkpoint_sha256') in (want, None): return p
+        if result.get('request') == request and (want is None or result.get('checkpoint_sha256') in (want, None)): return p
     legacy = self._read(self.LEGACY_EVAL, 'evaluation')
     if legacy is not None and sorted(k for k in legacy['accuracy'] if k != 'clean') == request['attacks'] \
             and abs(legacy['eps'] - request['eps']) < 1e-12 and request['n_eval'] in (None, legacy['n']):
@@ -470,7 +479,7 @@ def clear_grid_marker(self: RunFolder) -> None:
     if self.file(self.GRID_EVAL).exists(): self.file(self.GRID_EVAL).unlink()
 
 # %% ../nbs/04b_runs.ipynb #cd760026
-FOREIGN_IDENTITY = ('spec', 'kwargs', 'checkpoint_sha256', 'state_key', 'mean', 'std', 'dataset', 'n_test', 'seed')
+FOREIGN_IDENTITY = ('spec', 'kwargs', 'checkpoint_sha256', 'state_key', 'mean', 'std', 'dataset', 'data_dir', 'n_test', 'seed', 'eps', 'eval_step')
 
 @patch
 def foreign_model(self: RunFolder) -> dict:
@@ -480,10 +489,15 @@ def foreign_model(self: RunFolder) -> dict:
 @patch
 def start_foreign(self: RunFolder, description: dict, overwrite: bool = False) -> str:
     "Make this folder (locked by the caller) the evaluation folder of `description`'s model: 'new', or 'same' (its evaluations kept)."
+    description = json.loads(json.dumps(description))   # as it will read back from model.json (tuples become lists)
     trained = [f for f in self.TRAIN_FILES if self.file(f).exists()]
     if trained:
         raise RunExistsError(f'{self.path} holds a run trained here ({", ".join(trained)}); evaluate a model trained '
                              f'elsewhere in a folder of its own (another name= or out_dir=)')
+    others = [f for f in (*self.EVAL_FILES, self.EVALUATIONS) if f != self.MODEL and self.file(f).exists()]
+    if others and not self.file(self.MODEL).exists() and not overwrite:
+        raise RunExistsError(f'{self.path} already holds results ({", ".join(others)}) without {self.MODEL}; choose another '
+                             f'name= or out_dir=, or pass overwrite=True to replace them')
     if self.file(self.MODEL).exists() and not overwrite:
         old = self.foreign_model()
         diff = {k: (old.get(k), description.get(k)) for k in FOREIGN_IDENTITY if old.get(k) != description.get(k)}
