@@ -262,7 +262,7 @@ def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, w
     nb_dir = grid.out_dir / 'notebooks'
     nb_dir.mkdir(parents=True, exist_ok=True)
     states = {name: run_state(grid, run) for name, run in grid.runs.items()}   # every conflict before any work
-    # several runs at once share the cores: each gets its part as torch threads (a speed setting, see _IGNORED)
+    # several runs at once share the cores: each gets its part as torch threads (a speed setting: not part of RunConfig.identity)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
     todo = [(grid.runs[n], states[n]) for n in grid.runs]
     with ThreadPoolExecutor(workers) as pool:
