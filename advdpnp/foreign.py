@@ -49,12 +49,16 @@ def _split_spec(spec) -> tuple[str, str]:
     return where, name
 
 # %% ../nbs/06b_foreign.ipynb #9117de05
+def _require_file(path: Path, subject: str, wanted: str, folder: str = 'is a folder') -> None:
+    "One ForeignModelError unless `path` is a file: `subject` names it as the user gave it, `wanted` says what it should be."
+    if path.is_file(): return
+    what = folder if path.is_dir() else 'does not exist'
+    raise ForeignModelError(f'{subject} {what} (relative paths start from {Path.cwd()}); give {wanted}')
+
 def _module_from_file(path: Path, spec: str):
     "The module defined by the Python file `path`, run under a module name of its own."
-    if not path.is_file():
-        what = 'is a folder, not a Python file' if path.is_dir() else 'does not exist'
-        raise ForeignModelError(f'spec={spec!r}: the file {path} {what} (relative paths start from {Path.cwd()}); '
-                                f'give the path of the .py file that defines the architecture')
+    _require_file(path, f'spec={spec!r}: the file {path}', 'the path of the .py file that defines the architecture',
+                  'is a folder, not a Python file')
     resolved = path.resolve()
     name = f'advdpnp_foreign_{resolved.stem}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:12]}'
     module_spec = importlib.util.spec_from_file_location(name, resolved)
@@ -154,10 +158,7 @@ def _read_trusted(path: Path):
 
 def _read_checkpoint(path: Path, trust: bool):
     "The object saved in `path`; tensors and plain containers only unless `trust`."
-    if not path.is_file():
-        what = 'is a folder' if path.is_dir() else 'does not exist'
-        raise ForeignModelError(f'checkpoint={str(path)!r} {what} (relative paths start from {Path.cwd()}); give the '
-                                f'weights file (.pt, .pth, .ckpt)')
+    _require_file(path, f'checkpoint={str(path)!r}', 'the weights file (.pt, .pth, .ckpt)')
     if trust: return _read_trusted(path)
     try: return load_checkpoint(path)
     except CheckpointError as e:

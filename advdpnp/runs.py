@@ -409,24 +409,29 @@ def evaluations(self: RunFolder) -> list:
     return [check_evaluation(self.verified(read_json(p, 'evaluation'), p), p) for p in paths]
 
 @patch
-def evaluation_path(self: RunFolder, request: dict) -> Path | None:
-    "The file of this checkpoint's evaluation made for `request` (a legacy eval.json counts if it ran the same attacks, ε and points); None if none."
+def _find_evaluation(self: RunFolder, request: dict) -> tuple:
+    "(path, content) of this checkpoint's evaluation made for `request` (a legacy eval.json counts if it ran the same attacks, ε and points); (None, None) if none."
     folder, want = self._evaluations_dir(create=False), self.checkpoint_sha256()
     for p in sorted(folder.glob('*.json'), key=os.path.getmtime, reverse=True) if folder else []:
         if p.name.startswith(self.AA_STATE): continue
         result = read_json(p, 'evaluation')
-        if result.get('request') == request and (want is None or result.get('checkpoint_sha256') in (want, None)): return p
+        if result.get('request') == request and (want is None or result.get('checkpoint_sha256') in (want, None)): return p, result
     legacy = self._read(self.LEGACY_EVAL, 'evaluation')
     if legacy is not None and sorted(k for k in legacy['accuracy'] if k != 'clean') == request['attacks'] \
             and abs(legacy['eps'] - request['eps']) < 1e-12 and request['n_eval'] in (None, legacy['n']):
-        return self.file(self.LEGACY_EVAL)
-    return None
+        return self.file(self.LEGACY_EVAL), legacy
+    return None, None
+
+@patch
+def evaluation_path(self: RunFolder, request: dict) -> Path | None:
+    "The file of this checkpoint's evaluation made for `request`; None if none."
+    return self._find_evaluation(request)[0]
 
 @patch
 def evaluation(self: RunFolder, request: dict) -> dict | None:
     "The evaluation of this checkpoint made for `request`, verified and checked for consistency (None if none)."
-    path = self.evaluation_path(request)
-    return None if path is None else check_evaluation(self.verified(read_json(path, 'evaluation'), path), path)
+    path, result = self._find_evaluation(request)
+    return None if path is None else check_evaluation(self.verified(result, path), path)
 
 @patch
 def autoattack_state(self: RunFolder, eps: float, version: str, seed: int) -> Path:
