@@ -66,3 +66,37 @@ def test_two_processes_match_one_within_tolerance(runs):
     rel = ((h1['loss'] - h2['loss']).abs() / h1['loss']).max()
     print(f'largest relative difference of the epoch losses: {rel:.4f}')
     assert rel <= 0.05
+
+
+IDLE = textwrap.dedent('''
+    import os, torch
+    from advdpnp.config import RunConfig
+    from advdpnp.models import build_model
+    from advdpnp.train import distributed_objective, init_distributed, make_optimizer, train_step
+    cfg = RunConfig(method='adv_dpnp', width=4, batch_size=8, attack_steps=2, device='cpu')
+    dist = init_distributed(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, (1, 8, 8), 10)
+    model.idle = torch.nn.Parameter(torch.ones(3))        # a parameter no step gives a gradient (an idle branch)
+    optimizer = make_optimizer(model, cfg)
+    objective = distributed_objective(model, cfg, torch.device('cpu'))
+    g = torch.Generator().manual_seed(dist.rank)            # each rank its own data: only the sync can keep them equal
+    for _ in range(3):
+        train_step(model, torch.rand(4, 1, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g), cfg, optimizer, objective)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.world)]
+    torch.distributed.all_gather(gathered, flat)
+    assert all(torch.equal(gathered[0], t) for t in gathered), 'replicas differ after the step'
+    assert model.idle.grad is None and torch.equal(model.idle.detach(), torch.ones(3))
+    print(f'rank {dist.rank}: {flat.numel()} parameters equal on every rank; the idle one untouched')
+''')
+
+
+def test_idle_parameters_neither_hang_nor_desynchronise(tmp_path):
+    "DistributedDataParallel with a parameter that gets no gradient: the step completes and the replicas stay identical."
+    script = tmp_path / 'idle.py'
+    script.write_text(IDLE)
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(script)],
+                       cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count('parameters equal on every rank') == 2
