@@ -13,8 +13,10 @@ from .analysis import angle_summary, feature_metrics, pairwise_angles
 from .stats import correlated_mean_se, difference_interval, mean_over_seeds, normal_interval
 
 # %% auto #0
-__all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'bootstrap_ratio', 'random_simplex_gap',
-           'run_claim_inputs', 'claim_inputs', 'claim_verdicts']
+__all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'POINT_COLUMNS', 'PAIRED_COLUMNS',
+           'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'points_key',
+           'per_point_correct', 'run_point_records', 'paired_mean_difference', 'resample_counts', 'accuracy_statistic',
+           'ratio_statistic', 'bootstrap_sides', 'bootstrap_interval', 'paired_claim_differences', 'claim_verdicts']
 
 # %% ../nbs/09c_claims.ipynb #243641cd
 DEFENCES = ('pgd_at', 'trades', 'mart')
@@ -83,15 +85,161 @@ def _diff(a: pd.Series, b: pd.Series, col: str, level: float = 0.95) -> dict:
     se_a, se_b = (float(s.get(f'{col} SE', 0.0)) if pd.notna(s.get(f'{col} SE', 0.0)) else 0.0 for s in (a, b))
     return difference_interval(a[col], b[col], se_a, se_b, level)
 
+def _compare(a: pd.Series, b: pd.Series, col: str, level: float = 0.95, paired: dict | None = None) -> dict:
+    "`_diff` of `col` with its interval replaced by the paired one where `paired` (an entry of `paired_claim_differences`) is given; the unpaired interval beside it."
+    d = _diff(a, b, col, level)
+    shown, how = (d, 'unpaired') if paired is None else (paired, f"paired, {paired['shared seeds']} shared seed(s)")
+    return {'difference': d['difference'], 'low': shown['low'], 'high': shown['high'], 'interval': how,
+            'unpaired low': d['low'], 'unpaired high': d['high']}
+
 def _overall(verdicts: list, expected: int) -> str:
     "A contradiction decides; support needs every expected comparison (a missing defence leaves the claim open)."
     if not verdicts: return NO_DATA
     if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
     return SUPPORTED if len(verdicts) == expected and all(v == SUPPORTED for v in verdicts) else UNRESOLVED
 
+# %% ../nbs/09c_claims.ipynb #04c6970a
+POINT_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
+                 'worst_case': 'worst case'}   # eval.json's per-point keys -> the tables' column names
+
+def points_key(points: dict) -> str:
+    "The identity of an artifact's test points (its `points`: n and the SHA-256 of their indices): equal keys, the same points."
+    return f"{points['n']}:{points['indices_sha256']}"
+
+def per_point_correct(evaluation: dict) -> dict:
+    "Column -> 1/0 per evaluated point of an evaluation (nan where the attack did not see the point: AutoAttack on a subset)."
+    per_point, n = evaluation['per_point'], evaluation['n']
+    positions = list(per_point.get('autoattack_positions', range(n)))
+    out = {}
+    for key, col in POINT_COLUMNS.items():
+        if key not in per_point: continue
+        values = np.asarray(per_point[key], dtype=float)
+        if len(values) == n: out[col] = values
+        elif len(values) == len(positions):
+            out[col] = np.full(n, np.nan)
+            out[col][positions] = values
+        else: raise ValueError(f'{key}: {len(values)} per-point results for {n} points and {len(positions)} AutoAttack positions')
+    return out
+
+def run_point_records(method: str, seed: int, evaluation: dict | None = None, features: dict | None = None, arrays=None) -> dict:
+    "One run's per-point records for the paired comparisons: its evaluation's 0/1 per point and its feature arrays, each with the identity of its points."
+    record = {'method': method, 'seed': seed}
+    if evaluation is not None and 'points' in evaluation:
+        record.update(points=points_key(evaluation['points']), correct=per_point_correct(evaluation))
+    if features is not None and arrays is not None and 'points' in features:
+        record.update(feature_points=points_key(features['points']), num_classes=len(features['angles']),
+                      features={inp: np.asarray(arrays[f'{inp}_features'], dtype=float) for inp in ('clean', 'pgd')},
+                      labels=np.asarray(arrays['labels']))
+    return record
+
+def paired_mean_difference(a, b) -> dict:
+    "acc(b) - acc(a) (%) on the points both saw (nan: not seen), its paired SE sd(b_i - a_i) / sqrt(n), and that n."
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    seen = ~(np.isnan(a) | np.isnan(b))
+    d = b[seen] - a[seen]
+    if not len(d): return {'difference': np.nan, 'SE': np.nan, 'n': 0}
+    return {'difference': 100 * d.mean(), 'SE': 100 * d.std() / np.sqrt(len(d)), 'n': int(len(d))}
+
+# %% ../nbs/09c_claims.ipynb #77f25782
+def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    "How often each of `n` points occurs in each row of resampled positions `idx` (B, m): (B, n)."
+    rows = np.arange(len(idx))[:, None] * n
+    return np.bincount((idx + rows).ravel(), minlength=len(idx) * n).reshape(len(idx), n).astype(float)
+
+def accuracy_statistic(correct: np.ndarray):
+    "Accuracy (%) on each row of resampled point positions over the points the attack saw; `correct` (n,) or (m, n): rows (B,) or (B, m)."
+    correct = np.asarray(correct, dtype=float)
+    seen = ~np.isnan(correct)
+    right = np.where(seen, correct, 0.0)
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        counts = resample_counts(idx, correct.shape[-1])
+        with np.errstate(invalid='ignore'):
+            return 100 * (counts @ right.T) / (counts @ seen.T)      # nan where a row saw no point
+    return statistic
+
+def ratio_statistic(features: np.ndarray, labels: np.ndarray, num_classes: int):
+    "The intra/inter ratio of `feature_metrics` on each row of resampled point positions, all rows at once."
+    f, y = np.asarray(features, dtype=float), np.asarray(labels)
+    classes = [members for members in (np.flatnonzero(y == k) for k in range(num_classes)) if len(members)]
+    def statistic(idx: np.ndarray) -> np.ndarray:
+        counts = resample_counts(idx, len(y))                                   # (B, n) multiplicities
+        intra, means = np.zeros(len(idx)), []
+        for members in classes:
+            c = counts[:, members]
+            with np.errstate(invalid='ignore', divide='ignore'):
+                mean = c @ f[members] / c.sum(1, keepdims=True)                 # (B, d); nan where the class is absent
+            squared = (f[members] ** 2).sum(1) - 2 * mean @ f[members].T + (mean ** 2).sum(1, keepdims=True)
+            intra += np.nansum(c * np.sqrt(np.clip(squared, 0, None)), axis=1)
+            means.append(mean)
+        means = np.stack(means, axis=1)                                         # (B, K, d)
+        norms = (means ** 2).sum(-1)
+        squared = norms[:, :, None] + norms[:, None] - 2 * np.einsum('bkd,bjd->bkj', means, means)
+        distances, upper = np.sqrt(np.clip(squared, 0, None)), np.triu_indices(means.shape[1], 1)
+        return intra / idx.shape[1] / np.nanmean(distances[:, upper[0], upper[1]], axis=1)
+    return statistic
+
+# %% ../nbs/09c_claims.ipynb #593c7cb9
+def bootstrap_sides(sides: dict, draws: int = 2000, seed: int = 0, paired: bool = True) -> dict:
+    "name -> (estimate, replicates) of each side's mean over its seeds of a per-seed statistic; `sides`: name -> {seed: (points key, n, statistic)}."
+    rng, point_draws, seed_draws, out = np.random.default_rng(seed), {}, {}, {}
+    for name, runs in sides.items():
+        seeds = tuple(sorted(runs))
+        estimates, replicates = [], []
+        for s in seeds:
+            key, n, statistic = runs[s]
+            k = key if paired else (name, s)      # paired: every run on these points sees the same resampled points
+            if k not in point_draws: point_draws[k] = rng.integers(0, n, (draws, n))
+            estimates.append(statistic(np.arange(n)[None])[0])
+            replicates.append(statistic(point_draws[k]))
+        t = seeds if paired else (name,)          # paired: the sides that ran the same seeds draw the same seeds
+        if t not in seed_draws: seed_draws[t] = rng.integers(0, len(seeds), (draws, len(seeds)))
+        picked = np.stack(replicates)[seed_draws[t], np.arange(draws)[:, None]]   # (B, k, ...)
+        out[name] = (np.mean(estimates, axis=0), picked.mean(axis=1))
+    return out
+
+def bootstrap_interval(replicates, level: float = 0.95) -> tuple:
+    "The percentile interval (low, high) at `level` of bootstrap replicates; a nan replicate counts as -inf for low and +inf for high."
+    r, tail = np.asarray(replicates, dtype=float), (1 - level) / 2
+    low = np.quantile(np.where(np.isnan(r), -np.inf, r), tail, method='inverted_cdf')
+    high = np.quantile(np.where(np.isnan(r), np.inf, r), 1 - tail, method='inverted_cdf')
+    return float(low), float(high)
+
+# %% ../nbs/09c_claims.ipynb #9694b333
+PAIRED_COLUMNS = ('clean', 'AutoAttack', 'ratio clean', 'ratio pgd')
+
+def _claim_sides(records: list, col: str) -> dict:
+    "method -> {seed: (points key, n, statistic)} of the records that measured `col` (an accuracy, or 'ratio clean' / 'ratio pgd')."
+    sides = {}
+    for r in records:
+        if col.startswith('ratio '):
+            if 'features' not in r: continue
+            side = (r['feature_points'], len(r['labels']), ratio_statistic(r['features'][col.split()[1]], r['labels'], r['num_classes']))
+        else:
+            if col not in r.get('correct', {}): continue
+            side = (r['points'], len(r['correct'][col]), accuracy_statistic(r['correct'][col]))
+        sides.setdefault(r['method'], {})[r['seed']] = side
+    return sides
+
+def paired_claim_differences(records: list, method: str = 'adv_dpnp', against=DEFENCES, level: float = 0.95,
+                             draws: int = 2000, seed: int = 0) -> dict:
+    "(defence, column) -> difference `method` - defence of means over seeds, its paired bootstrap interval and the shared seeds, where the two share test points."
+    out = {}
+    for col in PAIRED_COLUMNS:
+        sides = _claim_sides(records, col)
+        for other in (o for o in against if o in sides and method in sides):
+            a, b = sides[method], sides[other]
+            shared = [s for s in sorted(set(a) & set(b)) if a[s][0] == b[s][0]]
+            if not shared: continue
+            boot = bootstrap_sides({method: a, other: b}, draws, seed)
+            (ea, ra), (eb, rb) = boot[method], boot[other]
+            low, high = bootstrap_interval(ra - rb, level)
+            out[(other, col)] = {'difference': float(ea - eb), 'low': low, 'high': high, 'shared seeds': len(shared)}
+    return out
+
 # %% ../nbs/09c_claims.ipynb #067ea639
-def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, level: float = 0.95) -> pd.DataFrame:
-    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %), n, verdict (rules above)."
+def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, level: float = 0.95,
+                   paired: dict | None = None) -> pd.DataFrame:
+    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %; paired where `paired` has it, the unpaired one beside it), n, verdict (rules above)."
     rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
     a = inputs.loc[method] if method in inputs.index else None
     def add(claim, other, stat, col, verdict, **d):
@@ -99,20 +247,21 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
         rows.append({'claim': claim, 'comparison': f'{method} vs {other}', 'statistic': stat, method: value,
                      'other': inputs.loc[other, col] if other in inputs.index and col in inputs else np.nan,
                      **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
+    compare = lambda o, col: _compare(a, inputs.loc[o], col, level, (paired or {}).get((o, col)))
     c1, c2, c3, c4 = CLAIMS
     claims = {c: {} for c in CLAIMS}   # claim -> {compared with: verdict}
     for o in (o for o in against if o in inputs.index and a is not None):
         if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
-            dc, da = _diff(a, inputs.loc[o], 'clean', level), _diff(a, inputs.loc[o], 'AutoAttack', level)
+            dc, da = compare(o, 'clean'), compare(o, 'AutoAttack')
             v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
             add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
             claims[c1][o] = v
         if has(method, 'corruptions') and has(o, 'corruptions'):
-            d = _diff(a, inputs.loc[o], 'corruptions', level)
+            d = compare(o, 'corruptions')
             v = SUPPORTED if d['low'] > 0 else NOT_SUPPORTED if d['high'] < 0 else UNRESOLVED
             add(c2, o, 'mean corruption accuracy (%)', 'corruptions', v, **d); claims[c2][o] = v
         if has(method, 'ratio clean', 'ratio pgd') and has(o, 'ratio clean', 'ratio pgd'):
-            ds = [_diff(a, inputs.loc[o], f'ratio {i}', level) for i in ('clean', 'pgd')]
+            ds = [compare(o, f'ratio {i}') for i in ('clean', 'pgd')]
             v = (NOT_SUPPORTED if any(d['low'] > 0 for d in ds) else SUPPORTED if all(d['high'] < 0 for d in ds) else UNRESOLVED)
             for (i, label), d in zip((('clean', 'clean'), ('pgd', 'PGD-20')), ds):
                 add(c3, o, f'intra/inter ratio, {label} features (lower: better)', f'ratio {i}', v, **d)
@@ -134,4 +283,5 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
                      'statistic': f'{len(done)} of {expected} comparison(s)' + (f"; missing: {', '.join(missing)}" if missing else ''),
                      'verdict': _overall(list(done.values()), expected)})
     out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
+    if 'n' in out: out['n'] = out['n'].astype('Int64')   # counts (points, or seeds for claim 4) print as 1000, not 1000.00
     return out.rename(columns={method: f'{method} (mean over seeds)'})
