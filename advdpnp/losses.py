@@ -92,7 +92,7 @@ def adv_features(model, x, x_adv, bn_mode: str = 'separate'):
     return model.features(x), model.features(x_adv)
 
 def adv_dpnp_objective(model, x, y, x_adv, cfg: RunConfig):
-    "Adv-DPNP: L_clean + L_adv + beta * L_cr (our reconstruction, SPEC section 3)."
+    "Adv-DPNP: L_clean + L_adv + beta * L_cr (our reconstruction of the paper's objective, equations above)."
     f, f_adv = adv_features(model, x, x_adv, cfg.bn_mode)
     loss_clean, logits, terms = clean_branch(model, f, y, cfg)
     loss_adv, adv_terms = adversarial_branch(model, f, f_adv, logits, y, cfg)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,22 +14,30 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 
 from .analysis import plot_angles, plot_tsne, tsne_frame
-from .claims import DEFENCES, claim_inputs, claim_verdicts, run_claim_inputs
+from .claims import (DEFENCES, claim_inputs, claim_verdicts, paired_claim_differences, paired_mean_difference,
+                            per_point_correct, run_claim_inputs, run_point_records)
+from .config import make_config
 from .evaluate import model_card
 from .files import atomic_write, write_json
+from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_record, frontier_table,
+                              frontier_verdicts, plot_frontier, reference_value)
 from .grid import Grid, grid_evaluation, grid_request
 from .runs import RunFolder, robust_key
 from .stats import correlated_mean_se, mean_over_seeds, standard_error
 
 # %% auto #0
-__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'DATASET_LABELS', 'collect_results', 'Artifacts', 'with_errors',
-           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
-           'plot_sensitivity', 'plot_training_curves', 'robustness_curves', 'plot_robustness_curves', 'leaderboard',
-           'run_times', 'claim_runs', 'write_result_tables', 'plot_corruption_severity', 'plot_corruption_bars',
-           'write_corruption_artifacts', 'write_feature_artifacts', 'write_ablation_and_sensitivity',
-           'write_curve_figures', 'write_leaderboard', 'write_run_times', 'write_claims', 'write_artifacts']
+__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'DATASET_LABELS', 'PAIRED_MEASURES',
+           'collect_results', 'watermark', 'latex_text', 'Artifacts', 'with_errors', 'results_table',
+           'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
+           'plot_sensitivity', 'eps_label', 'n_label', 'training_frame', 'plot_training_curves', 'robustness_curves',
+           'plot_robustness_curves', 'foreign_folders', 'foreign_card', 'leaderboard', 'run_times', 'claim_runs',
+           'claim_point_records', 'write_result_tables', 'plot_corruption_severity', 'plot_corruption_bars',
+           'write_corruption_artifacts', 'write_feature_artifacts', 'paired_columns', 'write_ablation_and_sensitivity',
+           'write_curve_figures', 'write_leaderboard', 'write_run_times', 'write_claims', 'frontier_records',
+           'write_frontier', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -64,8 +73,22 @@ PUBLISHED = pd.DataFrame([
     ('TRADES', 80.86, 51.23, 48.18, None, 'LetheSec/Adversarial_Training_Pytorch'),
     ('MART', 78.59, 54.87, 49.14, None, 'LetheSec/Adversarial_Training_Pytorch'),
 ], columns=['method', 'clean', 'PGD-20', 'C&W-inf', 'AutoAttack', 'source'])
-PUBLISHED_NOTE = ('Published figures (SPEC section 7; ResNet-18, full CIFAR-10, l-inf 8/255, no extra data) - '
-                  'NOT advdpnp results and not the Adv-DPNP paper\'s numbers')
+PUBLISHED_NOTE = ('Published figures of the baselines (ResNet-18, full CIFAR-10, l-inf 8/255, no extra data; sources in the '
+                  'table) - NOT advdpnp results and not the Adv-DPNP paper\'s numbers')
+
+def watermark(fig, text: str) -> None:
+    "`text` small and grey at the bottom right, below every other artist of `fig` (tick labels included); a tight save grows to hold it."
+    fig.canvas.draw()                                    # lay the figure out first, so the box below is final
+    box = fig.get_tightbbox(fig.canvas.get_renderer())   # inches; reaches below 0 where rotated tick labels stick out
+    width, height = fig.get_size_inches()
+    fig.text(box.x1 / width, (box.y0 - 0.04) / height, text, ha='right', va='top', fontsize=7, color='0.4')
+
+LATEX_SPECIALS = {'\\': r'\textbackslash{}', '&': r'\&', '%': r'\%', '$': r'\$', '#': r'\#', '_': r'\_', '{': r'\{', '}': r'\}',
+                  '~': r'\textasciitilde{}', '^': r'\textasciicircum{}'}
+
+def latex_text(text: str) -> str:
+    "`text` with LaTeX's special characters escaped (pandas escapes a table's cells, not its caption: a bare % would end it)."
+    return ''.join(LATEX_SPECIALS.get(ch, ch) for ch in text)
 
 @dataclass
 class Artifacts:
@@ -73,6 +96,7 @@ class Artifacts:
     folder: Path
     grid: Grid
     manifest: dict = field(default_factory=dict)
+    foreign: dict = field(default_factory=dict)   # name -> model.json of each model trained elsewhere in a table
 
     def table(self, df: pd.DataFrame, stem: str, title: str, runs=(), extra: str = '', index: bool = True, digits: int = 1) -> None:
         "CSV, Markdown and LaTeX of `df` ('mean ± SE' cells with `digits` decimals)."
@@ -83,7 +107,7 @@ class Artifacts:
         blank = shown.astype(object).where(shown.notna(), None)   # missing cells print empty, not 'nan'
         md = f'### {heading}\n\n{blank.to_markdown(index=index, floatfmt=".2f", missingval="")}\n' + (f'\n{extra}\n' if extra else '')
         atomic_write(self.folder / f'{stem}.md', lambda p: Path(p).write_text(md))
-        tex = shown.to_latex(index=index, float_format='%.2f', na_rep='--', caption=heading.replace('\n\n', ' '),
+        tex = shown.to_latex(index=index, float_format='%.2f', na_rep='--', caption=latex_text(heading.replace('\n\n', ' ')),
                           label=f'tab:{stem}', escape=True)
         atomic_write(self.folder / f'{stem}.tex', lambda p: Path(p).write_text(tex))
         self.manifest[stem] = {'files': [f'{stem}.{x}' for x in ('csv', 'md', 'tex')], 'title': title, 'runs': sorted(set(runs))}
@@ -91,18 +115,19 @@ class Artifacts:
     def figure(self, fig, stem: str, title: str, runs=()) -> None:
         "PNG and PDF of `fig` (then closed)."
         self.folder.mkdir(parents=True, exist_ok=True)
-        fig.text(0.995, 0.005, f'{self.grid.scale} scale - advdpnp numbers', ha='right', va='bottom', fontsize=7, color='0.4')
+        watermark(fig, f'{self.grid.scale} scale - advdpnp numbers')
         for ext in ('png', 'pdf'):
             atomic_write(self.folder / f'{stem}.{ext}', lambda p: fig.savefig(p, dpi=130, format=ext, bbox_inches='tight'))
         plt.close(fig)
         self.manifest[stem] = {'files': [f'{stem}.png', f'{stem}.pdf'], 'title': title, 'runs': sorted(set(runs))}
 
     def write_manifest(self, parameters: dict, root=None) -> None:
-        "manifest.json: the artifacts, the runs behind them and every run's parameters (paths relative to `root`)."
+        "manifest.json: the artifacts, the runs behind them, every run's parameters and every foreign model's model.json (paths relative to `root`)."
         runs = {n: {'train': r.train, 'evaluate': r.evaluate} for n, r in self.grid.runs.items()}
         doc = {'scale': self.grid.scale, 'description': self.grid.description,
                'created': datetime.datetime.now().isoformat(timespec='seconds'),
-               'parameters': parameters, 'artifacts': self.manifest, 'runs': runs}
+               'parameters': parameters, 'artifacts': self.manifest, 'runs': runs,
+               **({'foreign': self.foreign} if self.foreign else {})}
         write_json(self.folder / 'manifest.json', _portable(doc, root))
 
 def _portable(obj, root):
@@ -224,30 +249,60 @@ def plot_sensitivity(frame: pd.DataFrame, title: str = ''):
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
 
-def plot_training_curves(grid: Grid):
-    "Clean and PGD-10 test accuracy (%) and the training objective relative to its first epoch, per epoch (mean ± SE over seeds)."
+def eps_label(eps: float) -> str:
+    "eps as k/255 where it is one of those (8/255), else three significant digits."
+    k = round(eps * 255)
+    return f'{k}/255' if 0 < k <= 16 and abs(eps * 255 - k) < 1e-3 else f'{eps:.3g}'
+
+def n_label(values) -> str:
+    "'n = 200', 'n = 100-200' where runs differ, or 'n not recorded'."
+    ns = sorted({int(v) for v in values if pd.notna(v)})
+    return 'n not recorded' if not ns else f'n = {ns[0]}' if len(ns) == 1 else f'n = {ns[0]}-{ns[-1]}'
+
+def training_frame(grid: Grid) -> pd.DataFrame:
+    "Every main run's epochs: clean and PGD-10 test accuracy (%), the objective relative to epoch 1, and what they were measured on (metrics.json)."
     frames = []
     for e in (e for e in grid.entries if e['group'] == 'main'):
-        h = RunFolder(grid.run_dir(e['run'])).history()
-        h = h.assign(clean=100 * h['test_acc'], objective=h['loss'] / h['loss'].iloc[0], dataset=e['dataset'],
-                     method=e['method'], seed=e['seed'])
+        folder = RunFolder(grid.run_dir(e['run']))
+        h, m = folder.history(), folder.metrics()
+        attack = m.get('epoch_attack') or {}     # the per-epoch PGD-10 and its points (runs before it was recorded: none)
+        h = h.assign(clean=100 * h['test_acc'], objective=h['loss'] / h['loss'].iloc[0], dataset=e['dataset'], method=e['method'],
+                     seed=e['seed'], n_clean=m.get('n_test'), n_pgd=attack.get('points'), pgd_eps=attack.get('eps'), pgd_step=attack.get('step'))
         if 'test_pgd_acc' in h: h['PGD'] = 100 * h['test_pgd_acc']
         frames.append(h)
-    h = pd.concat(frames)
+    return pd.concat(frames, ignore_index=True)
+
+def _curve_detail(d: pd.DataFrame, col: str) -> str:
+    "A panel's second title line: its n and, for PGD, the attack's eps and step."
+    if col == 'objective': return 'each method its own objective'
+    if col == 'clean': return f"{n_label(d['n_clean'])} test points"
+    attack = d.dropna(subset=['pgd_eps'])
+    settings = f", eps {eps_label(attack['pgd_eps'].iloc[0])}, step {eps_label(attack['pgd_step'].iloc[0])}" if len(attack) else ''
+    return f"{n_label(d['n_pgd'])} class-balanced test points{settings}"
+
+def plot_training_curves(grid: Grid):
+    "Clean and PGD-10 test accuracy (%) and the training objective relative to its first epoch, per epoch (mean ± SE over seeds), with each panel's n."
+    h = training_frame(grid)
+    methods = list(dict.fromkeys(h['method']))
+    palette = dict(zip(methods, sns.color_palette(n_colors=len(methods))))   # one colour per method in every panel
     datasets, robust = list(dict.fromkeys(h['dataset'])), 'PGD' in h and h['PGD'].notna().any()
     panels = [('clean', 'clean test accuracy (%)'), *([('PGD', 'PGD-10 test accuracy (%)')] if robust else []),
               ('objective', 'training objective / its epoch-1 value')]
-    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.4 * len(panels), 3.3 * len(datasets)), squeeze=False)
+    fig, axes = plt.subplots(len(datasets), len(panels), figsize=(4.4 * len(panels), 3.3 * len(datasets) + 0.7), squeeze=False,
+                             layout='constrained')
     for row, ds in zip(axes, datasets):
         d = h[h['dataset'] == ds]
-        for i, (ax, (col, label)) in enumerate(zip(row, panels)):
-            sns.lineplot(d, x='epoch', y=col, hue='method', marker='o', errorbar='se', ax=ax, legend=i == 0)
-            ax.set(title=f'{dataset_label(ds)}: {label}', ylabel=label)
+        for ax, (col, label) in zip(row, panels):
+            sns.lineplot(d, x='epoch', y=col, hue='method', hue_order=methods, palette=palette, marker='o', errorbar='se', ax=ax, legend=False)
+            ax.set(title=f'{dataset_label(ds)}: {label}\n{_curve_detail(d, col)}', ylabel=label)
             ax.title.set_fontsize(9)
             if col != 'objective': ax.set_ylim(0, 100)
-            ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    fig.suptitle(f'{grid.description[:120]}…' if len(grid.description) > 120 else grid.description, fontsize=8)
-    fig.tight_layout()
+            epochs = sorted(d['epoch'].unique())
+            if len(epochs) <= 12: ax.set_xticks(epochs)                     # a short run: every epoch, nothing between
+            else: ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=palette[m], marker='o', label=m) for m in methods]
+    fig.legend(handles=handles, title='method', loc='outside right upper', fontsize=8)   # beside the panels, never over a curve
+    fig.suptitle(textwrap.fill(grid.description, int(4.4 * len(panels) * 15)) + '\nmean ± SE over seeds', fontsize=8)
     return fig
 
 def robustness_curves(grid: Grid) -> pd.DataFrame | None:
@@ -277,22 +332,46 @@ def plot_robustness_curves(curves: pd.DataFrame, title: str = ''):
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
 
-def leaderboard(grid: Grid) -> pd.DataFrame | None:
-    "RobustBench-style table of every evaluated run's model card, sorted by AutoAttack (then worst case) accuracy."
+
+# %% ../nbs/09_report.ipynb #b7d2e4a9
+def _leaderboard_row(name: str, card: dict, trained: str) -> dict:
+    "One leaderboard row of a model card (its percent strings as numbers, each with its SE beside it)."
+    se, has_aa = card.get('standard_errors', {}), bool(card.get('autoattack_acc'))
+    return {'run': name, 'trained': trained, 'dataset': dataset_label(card['dataset']), 'eps': eps_label(float(card['eps'])),
+            'architecture': card['architecture'], 'clean': float(card['clean_acc']), 'clean SE': float(se.get('clean', 'nan')),
+            'AutoAttack': float(card['autoattack_acc']) if has_aa else np.nan, 'AutoAttack SE': float(se.get('autoattack', 'nan')),
+            'worst case': float(card['worst_case_acc']), 'worst case SE': float(se.get('worst_case', 'nan')),
+            'n_eval': card['n_eval'], 'n_autoattack': card.get('n_autoattack') or (card['n_eval'] if has_aa else None)}
+
+def foreign_folders(grid: Grid, foreign=()) -> list:
+    "The evaluation folders of models trained elsewhere for the leaderboard: those in the grid's out_dir (by their model.json), then `foreign`; each once."
+    out_dir = Path(grid.out_dir)
+    found = sorted(p.parent for p in out_dir.glob(f'*/{RunFolder.MODEL}')) if out_dir.is_dir() else []
+    for p in map(Path, foreign):
+        if not (p / RunFolder.MODEL).is_file():
+            raise FileNotFoundError(f'foreign: {p} has no {RunFolder.MODEL}, so it is not the evaluation folder of a model trained '
+                                    f'elsewhere; make one with evaluate_foreign (06_evaluate) or evaluate.ipynb -p model ...')
+    return list(dict.fromkeys(p.resolve() for p in [*found, *map(Path, foreign)]))
+
+def foreign_card(path) -> dict | None:
+    "The model card of an evaluation folder's evaluation with AutoAttack on the most points, then the most points (newest on a tie); None if none."
+    evaluations = [e for e in RunFolder(path).evaluations() if e.get('model_card')]   # each verified against model.json's checkpoint
+    aa_points = lambda e: e.get('n_per_attack', {}).get('autoattack', e['n']) if 'autoattack' in e['accuracy'] else 0
+    return max(reversed(evaluations), key=lambda e: (aa_points(e), e['n']))['model_card'] if evaluations else None
+
+def leaderboard(grid: Grid, foreign=()) -> pd.DataFrame | None:
+    "RobustBench-style table of the model cards of the grid's evaluated runs and of models trained elsewhere (`foreign_folders`), sorted by AutoAttack (then worst case) accuracy within a dataset and eps."
     rows = []
     for name in grid.runs:
         ev = grid_evaluation(grid, name)
         if ev is None: continue
         card = ev.get('model_card') or model_card(RunFolder(grid.run_dir(name)).config(), ev)   # older evaluations: made here
-        se = card.get('standard_errors', {})
-        rows.append({'run': name, 'dataset': dataset_label(card['dataset']), 'architecture': card['architecture'],
-                     'clean': float(card['clean_acc']), 'clean SE': float(se.get('clean', 'nan')),
-                     'AutoAttack': float(card['autoattack_acc']) if card.get('autoattack_acc') else np.nan,
-                     'AutoAttack SE': float(se.get('autoattack', 'nan')),
-                     'worst case': float(card['worst_case_acc']), 'worst case SE': float(se.get('worst_case', 'nan')),
-                     'n_eval': card['n_eval'], 'n_autoattack': card.get('n_autoattack') or (card['n_eval'] if card.get('autoattack_acc') else None)})
+        rows.append(_leaderboard_row(name, card, 'this grid'))
+    for path in foreign_folders(grid, foreign):
+        if (card := foreign_card(path)) is not None: rows.append(_leaderboard_row(path.name, card, 'elsewhere'))
     if not rows: return None
-    out = pd.DataFrame(rows).sort_values(['dataset', 'AutoAttack', 'worst case'], ascending=[True, False, False], na_position='last')
+    out = pd.DataFrame(rows).sort_values(['dataset', 'eps', 'AutoAttack', 'worst case'], ascending=[True, True, False, False],
+                                         na_position='last')
     return out.astype({'n_autoattack': 'Int64'}).reset_index(drop=True)
 
 # %% ../nbs/09_report.ipynb #8b4d0bb3
@@ -316,6 +395,10 @@ def run_times(grid: Grid) -> pd.DataFrame | None:
     return out
 
 # %% ../nbs/09_report.ipynb #e245a5c5
+def _cifar_main(grid: Grid) -> list:
+    "The main entries on the grid's CIFAR dataset: the runs the claims compare."
+    return [e for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
+
 def claim_runs(grid: Grid, draws: int = 200) -> list:
     "`run_claim_inputs` of every main run on the CIFAR dataset, read from its run folder (what `claim_inputs` averages)."
     results = collect_results(grid)
@@ -324,6 +407,14 @@ def claim_runs(grid: Grid, draws: int = 200) -> list:
         folder = RunFolder(grid.run_dir(r['run']))
         rows.append(run_claim_inputs(r, folder.corruptions(), folder.features(), folder.feature_arrays(), draws))
     return rows
+
+def claim_point_records(grid: Grid) -> list:
+    "`run_point_records` of every main run on the CIFAR dataset: its grid evaluation's per-point results and its feature arrays (what the paired intervals resample)."
+    records = []
+    for e in _cifar_main(grid):
+        folder = RunFolder(grid.run_dir(e['run']))
+        records.append(run_point_records(e['method'], e['seed'], grid_evaluation(grid, e['run']), folder.features(), folder.feature_arrays()))
+    return records
 
 # %% ../nbs/09_report.ipynb #02845fb4
 def _runs_of(results: pd.DataFrame, mask) -> list:
@@ -354,11 +445,13 @@ def plot_corruption_severity(long: pd.DataFrame, label: str, note: str):
 
 def plot_corruption_bars(long: pd.DataFrame, label: str):
     "Accuracy per corruption, one bar per method (mean over severities 1-5, ± SE over seeds and severities)."
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8), layout='constrained')
     sns.barplot(long, x='corruption', y='accuracy', hue='method', errorbar='se', ax=ax)
     ax.set(title=f'accuracy per corruption, mean over severities 1-5 (± SE over seeds and severities); {label}',
            ylabel='accuracy (%)', xlabel='', ylim=(0, 100))
-    ax.title.set_fontsize(8); ax.tick_params(axis='x', rotation=45, labelsize=7)
+    ax.title.set_fontsize(8); ax.tick_params(axis='x', labelsize=7)
+    plt.setp(ax.get_xticklabels(), rotation=40, ha='right', rotation_mode='anchor')   # each label ends under its bars
+    sns.move_legend(ax, 'upper left', bbox_to_anchor=(1.01, 1), fontsize=7, title='method')   # beside the bars, not over them
     return fig
 
 def write_corruption_artifacts(out: Artifacts) -> None:
@@ -380,9 +473,10 @@ def write_feature_artifacts(out: Artifacts, results: pd.DataFrame) -> None:
     feats, angles, matrices = feature_tables(grid)
     if feats is None: return
     runs = [e['run'] for e in grid.entries if e['group'] == 'main']
-    out.table(feats, 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
+    labelled = lambda frame: frame.assign(dataset=frame['dataset'].map(dataset_label))   # what the dataset is, not its loader
+    out.table(labelled(feats), 'features', 'Feature compactness and separation (penultimate features; distances in feature units, '
               'accuracy in %), mean over seeds; ± SE: accuracy binomial plus seeds, the rest over seeds only', runs, index=False, digits=2)
-    out.table(angles, 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
+    out.table(labelled(angles), 'prototype_angles', 'Pairwise angles (degrees) of class vectors against the regular simplex, '
               'mean over seeds (± SE over seeds)', runs, index=False)
     ds = grid.cifar if any(k[0] == grid.cifar for k in matrices) else next(iter(matrices))[0]
     panels = {f'{m} ({kind})': a for (d, m), (a, kind, _) in matrices.items() if d == ds}
@@ -392,19 +486,51 @@ def write_feature_artifacts(out: Artifacts, results: pd.DataFrame) -> None:
     fig, runs = tsne_figure(grid, ds, min(results['seed']))
     if fig is not None: out.figure(fig, 'tsne', f't-SNE of clean and PGD-20 features on {dataset_label(ds)}', runs)
 
+# %% ../nbs/09_report.ipynb #9fabdef4
+PAIRED_MEASURES = ('clean', 'PGD-20', 'AutoAttack')
+
+def paired_columns(grid: Grid, runs, reference: str | None, measures=PAIRED_MEASURES, suffix: str = '') -> pd.DataFrame:
+    "Per run of `runs`: `Δ <measure>` against run `reference` on the test points both evaluations saw (%) ± its paired SE; blank where either has no evaluation, their points differ, or it is the reference."
+    ref = grid_evaluation(grid, reference) if reference else None
+    rows = []
+    for run in runs:
+        ev = grid_evaluation(grid, run) if ref is not None and run != reference else None
+        row = {}
+        if ev is not None and ev.get('points') == ref.get('points'):
+            a, b = per_point_correct(ref), per_point_correct(ev)
+            for m in (m for m in measures if m in a and m in b):
+                d = paired_mean_difference(a[m], b[m])
+                row.update({f'Δ {m}{suffix}': d['difference'], f'Δ {m}{suffix} SE': d['SE']})
+        rows.append(row)
+    return pd.DataFrame(rows, index=list(runs))
+
 # %% ../nbs/09_report.ipynb #8d74526d
+def _reference_run(results: pd.DataFrame) -> str | None:
+    "The run of the `full` ablation variant (Adv-DPNP's defaults on the study dataset), if the grid has it."
+    if 'variant' not in results: return None
+    full = results[(results['group'] == 'ablation') & (results['variant'] == 'full')]
+    return full['run'].iloc[0] if len(full) else None
+
 def write_ablation_and_sensitivity(out: Artifacts, results: pd.DataFrame) -> None:
-    "The ablation table and the sensitivity table and curves of Adv-DPNP on the study dataset, where the grid has them."
-    abl = results[results['group'] == 'ablation']
+    "The ablation table (Δ against `full`, paired) and the sensitivity table and curves of Adv-DPNP on the study dataset, where the grid has them."
+    abl, full = results[results['group'] == 'ablation'], _reference_run(results)
     if len(abl):
         cols = [c for c in ATTACK_COLUMNS.values() if c in abl and abl[c].notna().any()]
         with_se = [x for c in cols for x in (c, f'{c} SE') if x in abl]
         table = abl.set_index('variant')[with_se + ['n_eval']].astype({'n_eval': 'Int64'})
-        out.table(table, 'ablation', f'Adv-DPNP ablations on {abl["dataset"].iloc[0]} (accuracy %)', abl['run'])
+        table = table.join(paired_columns(out.grid, abl['run'], full).set_axis(table.index))
+        out.table(table, 'ablation', f'Adv-DPNP ablations on {dataset_label(abl["dataset"].iloc[0])}, accuracy (%) ± binomial SE; '
+                  'Δ: the variant minus full on the same test points ± its paired SE (per point: sd(variant - full) / sqrt(n); '
+                  '95 % interval ± 1.96 SE)', abl['run'])
     sens = sensitivity_frame(results)
     if len(sens):
+        deltas = paired_columns(out.grid, sens['run'], full, ('clean', 'PGD-20'), ' (evaluation)').set_axis(sens.index)
+        sens = sens.join(deltas)
+        paired = ('; Δ (evaluation): where a sweep run was also evaluated (it equals an ablation variant), its clean and PGD-20 '
+                  'accuracy minus the default\'s (the full run) on the evaluation\'s test points ± paired SE') if len(deltas.columns) else ''
         out.table(sens, 'sensitivity', 'Sensitivity of Adv-DPNP: clean and PGD accuracy (%) measured at the end of training '
-                  '(the PGD of `metrics.json`) on all n_test test images; no AutoAttack', sens['run'], index=False)
+                  '(the PGD of `metrics.json`) on all n_test test images ± binomial SE; no AutoAttack; metrics.json keeps no '
+                  f'per-point record, so differences between these values cannot be paired{paired}', sens['run'], index=False)
         sweep = results[results['group'] == 'sweep']
         cfg0 = RunFolder(out.grid.run_dir(sweep['run'].iloc[0])).config()
         title = (f'Adv-DPNP sensitivity on {dataset_label(cfg0.dataset)}, eps = {cfg0.eps:.4g}, PGD-{cfg0.eval_steps}, '
@@ -413,18 +539,24 @@ def write_ablation_and_sensitivity(out: Artifacts, results: pd.DataFrame) -> Non
 
 # %% ../nbs/09_report.ipynb #1fa97a91
 def write_curve_figures(out: Artifacts, results: pd.DataFrame) -> None:
-    "The training curves of the main runs and, where the soundness report ran, robust accuracy against eps."
-    out.figure(plot_training_curves(out.grid), 'training_curves', 'Training curves of the main runs', _runs_of(results, results['group'] == 'main'))
+    "The training curves of the main runs (where the grid has any: not a frontier-only grid) and, where the soundness report ran, robust accuracy against eps."
+    if (results['group'] == 'main').any():
+        out.figure(plot_training_curves(out.grid), 'training_curves', 'Training curves of the main runs', _runs_of(results, results['group'] == 'main'))
     curves = robustness_curves(out.grid)
     if curves is not None:
         out.figure(plot_robustness_curves(curves, f'Robust accuracy against eps (the soundness report\'s sweep; {out.grid.scale} scale)'),
                    'robust_vs_eps', 'PGD-20 accuracy against eps, per method', curves['run'])
 
-def write_leaderboard(out: Artifacts) -> None:
-    "The leaderboard of every evaluated run's model card, where there are any."
-    board = leaderboard(out.grid)
-    if board is not None:
-        out.table(board, 'leaderboard', 'Every evaluated run, RobustBench-style, sorted by AutoAttack accuracy (%)', board['run'], index=False)
+def write_leaderboard(out: Artifacts, foreign=()) -> None:
+    "The leaderboard of the grid's evaluated runs and of the models trained elsewhere (`leaderboard`), where there are any; each foreign model.json into the manifest."
+    board = leaderboard(out.grid, foreign)
+    if board is None: return
+    out.table(board, 'leaderboard', 'Every evaluated model, RobustBench-style: the grid\'s runs and models trained elsewhere (their evaluation '
+              'folders), sorted by AutoAttack accuracy (%)', board.loc[board['trained'] == 'this grid', 'run'], index=False)
+    listed = [p for p in foreign_folders(out.grid, foreign) if p.name in set(board.loc[board['trained'] == 'elsewhere', 'run'])]
+    if listed:
+        out.manifest['leaderboard']['foreign'] = [p.name for p in listed]
+        out.foreign.update({p.name: {'path': str(p), **RunFolder(p).foreign_model()} for p in listed})
 
 def write_run_times(out: Artifacts) -> None:
     "Minutes per run and stage, where any run finished."
@@ -433,26 +565,80 @@ def write_run_times(out: Artifacts) -> None:
         out.table(times, 'run_times', f'Minutes per run and stage; sum over runs {times["total"].sum():.0f} min, the grid on w '
                   'workers at least that / w (corruptions and features from file times)', list(times.index))
 
-def write_claims(out: Artifacts) -> None:
-    "The four claims' verdicts (rules of 09c_claims) on the CIFAR dataset's main runs, where Adv-DPNP is among them."
+def write_claims(out: Artifacts, draws: int = 2000) -> None:
+    "The four claims' verdicts (rules of 09c_claims) on the CIFAR dataset's main runs, where Adv-DPNP is among them; paired intervals where two methods share test points."
     grid = out.grid
     inputs = claim_inputs(claim_runs(grid))
     if 'adv_dpnp' in inputs.index:
-        runs = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar]
-        out.table(claim_verdicts(inputs), 'claims', f"The paper's four claims on {dataset_label(grid.cifar)}: Adv-DPNP against "
-                  f"{', '.join(DEFENCES)}; difference with its 95 % interval, verdict by the rules of 09c_claims", runs, index=False)
+        paired = paired_claim_differences(claim_point_records(grid), draws=draws)
+        out.table(claim_verdicts(inputs, paired=paired), 'claims', f"The paper's four claims on {dataset_label(grid.cifar)}: Adv-DPNP against "
+                  f"{', '.join(DEFENCES)}; difference with its 95 % interval, paired (a bootstrap over the shared test points "
+                  f"and the seeds, {draws} draws) where two methods share test points, the unpaired interval beside it; verdict by "
+                  f"the rules of 09c_claims", [e['run'] for e in _cifar_main(grid)], index=False)
+
+# %% ../nbs/09_report.ipynb #75879dd4
+def frontier_records(grid: Grid) -> list:
+    "`frontier_record` of every frontier entry whose run the grid evaluated (its verified grid evaluation)."
+    records = []
+    for e in (e for e in grid.entries if e['group'] == 'frontier'):
+        ev = grid_evaluation(grid, e['run'])
+        if ev is not None and 'points' in ev: records.append(frontier_record(e, ev))
+    return records
+
+def _preset_value(grid: Grid, records: list, family: str = METHOD) -> float | None:
+    "The preset's value of `family`'s knob (the main table's), from one of its runs' config: `reference_value`'s tie-breaker."
+    r = next((r for r in records if r['family'] == family), None)
+    if r is None: return None
+    cfg = RunFolder(grid.run_dir(r['run'])).config()
+    return float(getattr(make_config(cfg.preset, cfg.dataset), r['param']))
+
+def _frontier_setting(grid: Grid, records: list) -> str:
+    "Dataset, threat model and attack of the frontier's numbers, for its titles."
+    datasets = sorted({e['dataset'] for e in grid.entries if e['group'] == 'frontier'})
+    eps = ', '.join(sorted({eps_label(float(r['eps'])) for r in records if r['eps'] is not None}))
+    return f"{', '.join(map(dataset_label, datasets))}, l-inf eps {eps} (every run, whatever eps it trained at), AutoAttack standard"
+
+# %% ../nbs/09_report.ipynb #3baf2f26
+def write_frontier(out: Artifacts, draws: int = 2000) -> None:
+    "The frontier table and figure, claim 1's frontier verdict and the AutoAttack check, where the grid's frontier runs were evaluated."
+    grid, records = out.grid, frontier_records(out.grid)
+    if not records: return
+    runs, table, setting = [r['run'] for r in records], frontier_table(records), _frontier_setting(out.grid, records)
+    out.table(table.drop(columns=['param', 'value']), 'frontier', f'The clean-robust trade-off: every frontier point, accuracy (%) '
+              f'mean over seeds ± SE, n per run, the seeds\' SD; {setting}', runs, index=False)
+    listed = out.manifest['frontier']
+    attack = {'AutoAttack': 'AutoAttack (standard)', 'PGD-20': 'PGD-20 (CE)'}
+    details = {m: f"{a}: {n_label(table[f'n {m}'])} points per run" for m, a in attack.items() if f'n {m}' in table}
+    title = f"Clean-robust trade-off; {setting}; mean ± SE over seeds\n{textwrap.fill(grid.description, 140)}"
+    out.figure(plot_frontier(table, title=title, details=details), 'frontier', 'Clean against AutoAttack and PGD-20 accuracy', runs)
+    out.manifest['frontier'] = {**listed, 'files': listed['files'] + out.manifest['frontier']['files']}   # one artifact: table and figure
+    verdicts = frontier_verdicts(records, reference_value(records, METHOD, _preset_value(grid, records)), draws=draws)
+    note = (f"Rule (09e_frontier): supported if the paired interval lies above 0, not supported if below, else not resolvable "
+            f"(also where Adv-DPNP's AutoAttack accuracy lies outside the family's range: no extrapolation); overall supported only "
+            f"against every family ({', '.join(FAMILY_LABELS[f] for f in FAMILIES)}). MART has no knob in the grid: claim 1 against "
+            f"MART is the one-point comparison of claims.")
+    out.table(verdicts, 'frontier_claims', f"Claim 1 against the trade-off frontier: Adv-DPNP's clean accuracy minus each family's "
+              f"frontier at Adv-DPNP's AutoAttack accuracy (points of clean accuracy), 95 % interval from a paired bootstrap over "
+              f"test points and seeds ({draws} draws, the frontier rebuilt in each), the unpaired one beside it; {setting}",
+              runs, extra=note, index=False)
+    check = attack_check(records)
+    if len(check):
+        out.table(check, 'frontier_attacks', 'AutoAttack against the white-box attacks on the points it saw, per frontier run: '
+                  'accuracy (%) under PGD-20 (CE) and C&W-inf, after APGD-CE and after APGD-T (targeted DLR), and AutoAttack; '
+                  f'check: AutoAttack at most min(PGD-20, C&W-inf) per run and per point; {setting}', check['run'], index=False)
 
 # %% ../nbs/09_report.ipynb #75cc5146
-def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None) -> dict:
-    "Every table and figure of the grid's results into `folder`, plus manifest.json; returns the artifact list."
+def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None, foreign=()) -> dict:
+    "Every table and figure of the grid's results into `folder`, plus manifest.json; returns the artifact list. `foreign`: evaluation folders for the leaderboard (`foreign_folders`)."
     out, results = Artifacts(Path(folder), grid), collect_results(grid)
     write_result_tables(out, results)
     write_corruption_artifacts(out)
     write_feature_artifacts(out, results)
     write_ablation_and_sensitivity(out, results)
     write_curve_figures(out, results)
-    write_leaderboard(out)
+    write_leaderboard(out, foreign)
     write_run_times(out)
     write_claims(out)
+    write_frontier(out)
     out.write_manifest(parameters or {}, root)
     return out.manifest
