@@ -9,7 +9,7 @@ CIFAR_TAR ?= ../shared/data/cifar10-jpeg.tar.gz
 DEMO_RUNS := runs/demo-adv_dpnp runs/demo-ce
 CIFAR_RUNS := runs/cifar-cpu-ce runs/cifar-cpu-dpnp runs/cifar-cpu-adv_dpnp
 
-.PHONY: install test test-slow demo outputs docs lab readme cifar-data cifar-cpu study-cpu paper-cpu check-sync clean
+.PHONY: install test test-slow demo outputs docs lab readme cifar-data cifar-cpu study-cpu paper-cpu check-sync clean gpu-carry gpu-collect frontier-cpu slurm-up slurm-down test-slurm
 
 # Create the virtual environment and install the package with its pinned dependencies (once per pyproject change).
 $(STAMP): pyproject.toml
@@ -31,7 +31,7 @@ check-sync: $(STAMP)
 # The notebooks' tests and every pytest test but the slow scenarios (about 5 min on 2 cores, after the install).
 test: $(STAMP) check-sync
 	$(BIN)/nbdev-test --n-workers 2
-	@set +e; $(BIN)/python -m pytest -m 'not slow' --junitxml=$(VENV)/pytest.xml; status=$$?; \
+	@set +e; $(BIN)/python -m pytest -m 'not slow and not slurm' --junitxml=$(VENV)/pytest.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest.xml; exit $$status
 
 # The slow scenario tests: the paper notebook's micro grid, the demo's claims (about 5 min on 2 cores, after the install).
@@ -39,12 +39,23 @@ test-slow: $(STAMP)
 	@set +e; $(BIN)/python -m pytest -m slow --junitxml=$(VENV)/pytest-slow.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest-slow.xml; exit $$status
 
+# A one-node SLURM on this machine (Debian 12, as root; 10 s the first time) for `make test-slurm`; `make slurm-down` stops it.
+slurm-up:
+	bash .ci/slurm_up.sh
+
+slurm-down:
+	bash .ci/slurm_up.sh down
+
+# The grid on a real SLURM (submitit): micro grid against a local run, requeue and resume, failures (about 5 min on 2 cores, after slurm-up).
+test-slurm: $(STAMP)
+	@set +e; $(BIN)/python -m pytest -m slurm tests/test_slurm.py --junitxml=$(VENV)/pytest-slurm.xml; status=$$?; \
+	  $(BIN)/python .ci/summary.py $(VENV)/pytest-slurm.xml; exit $$status
+
 # Adv-DPNP and a standard model on the bundled digits set (CPU, no network).
 demo: $(STAMP)
-	mkdir -p runs
-	$(PAPERMILL) nbs/train.ipynb runs/demo-adv_dpnp.ipynb -p dataset digits -p preset smoke -p method adv_dpnp -p name demo-adv_dpnp -p overwrite True
-	$(PAPERMILL) nbs/train.ipynb runs/demo-ce.ipynb -p dataset digits -p preset smoke -p method ce -p name demo-ce -p overwrite True
-	$(BIN)/python -c "from advdpnp.runs import compare_runs; print(compare_runs('$(DEMO_RUNS)'.split()).to_string(index=False))"
+	$(BIN)/advdpnp train --dataset digits --preset smoke --method adv_dpnp --name demo-adv_dpnp --overwrite True
+	$(BIN)/advdpnp train --dataset digits --preset smoke --method ce --name demo-ce --overwrite True
+	@$(BIN)/python -c "from advdpnp.runs import comparison_table; print(comparison_table('$(DEMO_RUNS)'.split()).to_string(index=False))"
 
 data/cifar10-jpeg:
 	mkdir -p data
@@ -71,6 +82,30 @@ study-cpu: $(STAMP) data/cifar10-jpeg
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
+
+# Claim 1 against the baselines' trade-off frontier at CPU scale (09a_grid, 09e_frontier): TRADES beta, PGD-AT's
+# training eps and Adv-DPNP's beta, three seeds of each main-table point; reuses the CPU table's run folders (resumes).
+frontier-cpu: $(STAMP) data/cifar10-jpeg
+	mkdir -p runs
+	$(PAPERMILL) nbs/paper.ipynb runs/frontier-cpu.ipynb -p scale cpu -p workers 2 -p parts frontier -p figures_dir paper_figures/frontier-cpu
+
+# The folder a GPU device session carries (at most 64 MiB; listed in .git/info/exclude): pyautoattack without its
+# 44 MB example checkpoint, tqdm and fastcore (the GPU machine has torch, torchvision, numpy, pandas, seaborn and
+# scikit-learn, and no network), and the CIFAR-10 JPEG tarball. The device command is in README (A session on a GPU).
+CARRY := carry
+gpu-carry: $(STAMP)
+	rm -rf $(CARRY) && mkdir -p $(CARRY)/site
+	grep -qxF '$(CARRY)/' .git/info/exclude 2>/dev/null || echo '$(CARRY)/' >> .git/info/exclude
+	$(BIN)/python -c "import shutil, pathlib, pyautoattack, tqdm, fastcore; \
+	  [shutil.copytree(pathlib.Path(m.__file__).parent, pathlib.Path('$(CARRY)/site', m.__name__), \
+	   ignore=shutil.ignore_patterns('model_test.pt', '__pycache__')) for m in (pyautoattack, tqdm, fastcore)]"
+	cp $(CIFAR_TAR) $(CARRY)/cifar10-jpeg.tar.gz
+	du -sh $(CARRY) $(CARRY)/*
+
+# File what a device session returned (FROM: the folder holding session.json) under paper_figures/.
+gpu-collect: $(STAMP)
+	test -n "$(FROM)" || { echo 'make gpu-collect FROM=<folder with session.json>'; exit 2; }
+	$(BIN)/python -m advdpnp.device_session collect $(FROM)
 
 # Re-run the component notebooks in place so that their saved figures and tables match the code (minutes on 2 cores).
 outputs: $(STAMP)

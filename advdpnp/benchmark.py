@@ -5,6 +5,7 @@
 # %% ../nbs/10_benchmark.ipynb #ac836d68
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -21,11 +22,12 @@ from .config import RunConfig
 from .data import ImageData, augment, batch_indices, to_float
 from .losses import OBJECTIVES
 from .models import build_model
-from .train import as_batch, make_optimizer, prepare_model, train_step
+from .train import as_batch, autocast, make_optimizer, prepare_model, train_step, training_examples
 
 # %% auto #0
-__all__ = ['synthetic_data', 'plain_loader', 'plain_pgd_attack', 'plain_step', 'peak_memory_mb', 'time_steps', 'fast_batches',
-           'plain_batches', 'benchmark_step', 'machine_info']
+__all__ = ['BF16_PEAK_TFLOPS', 'UPDATE_PASSES', 'synthetic_data', 'plain_loader', 'plain_pgd_attack', 'plain_step',
+           'peak_memory_mb', 'time_steps', 'fast_batches', 'plain_batches', 'benchmark_step', 'machine_info',
+           'compare_compiled', 'bf16_peak_tflops', 'step_flops']
 
 # %% ../nbs/10_benchmark.ipynb #dd9c2b8d
 def synthetic_data(n: int, shape=(3, 32, 32), num_classes: int = 10, seed: int = 0) -> ImageData:
@@ -125,3 +127,60 @@ def machine_info(device) -> dict:
             'cpu': platform.processor() or platform.machine(), 'python': platform.python_version()}
     if device.type == 'cuda': info['gpu'] = torch.cuda.get_device_name(device)
     return info
+
+# %% ../nbs/10_benchmark.ipynb #e2e13675
+def compare_compiled(cfg: RunConfig, data: ImageData, device, mode: str = 'reduce-overhead', steps: int = 3, seed: int = 0,
+                     example_tol: float = 0.05, loss_tol: float = 0.02, timed: int = 0) -> dict:
+    "Eager against `compile_mode=mode` over `steps` training steps from the same weights, batches and draws: per-step differences of PGD examples and losses, and whether they agree; then, if `timed`, the compiled step's time over `timed` more steps (compiled once, already warm)."
+    device = torch.device(device)
+    pairs = []
+    for c in (dataclasses.replace(cfg, compile_mode='off'), dataclasses.replace(cfg, compile_mode=mode)):
+        torch.manual_seed(seed)
+        model = prepare_model(build_model(c, data.input_shape, data.num_classes).to(device), c)
+        pairs.append((model, make_optimizer(model, c), c))
+    batches, rows = fast_batches(data, cfg, device, seed), []
+    try:
+        for i in range(steps):
+            x, y = next(batches)
+            out = []
+            for model, opt, c in pairs:
+                if c.compile_mode == 'reduce-overhead' and device.type == 'cuda': torch.compiler.cudagraph_mark_step_begin()
+                torch.manual_seed(seed + i)
+                with autocast(c, device): x_adv = training_examples(model, x, y, c)
+                torch.manual_seed(seed + i)                       # the step's own attack draws the same start
+                loss, _ = train_step(model, x, y, c, opt)
+                out.append((None if x_adv is None else x_adv.detach().float().clone(), loss.detach().float().item()))
+            (xa, la), (xb, lb) = out
+            rows.append({'step': i + 1, 'loss_eager': la, 'loss_compiled': lb, 'loss_rel_diff': abs(la - lb) / max(abs(la), 1e-12),
+                         'example_diff_eps': None if xa is None else ((xa - xb).abs().mean() / max(cfg.eps, 1e-12)).item()})
+    except Exception as e:   # a compiled path that cannot run is a finding, not a crash of the session
+        return {'mode': mode, 'agree': False, 'error': f'{type(e).__name__}: {e}'[:2000], 'steps': rows}
+    agree = all(r['loss_rel_diff'] <= loss_tol and (r['example_diff_eps'] is None or r['example_diff_eps'] <= example_tol) for r in rows)
+    out = {'mode': mode, 'agree': agree, 'example_tol': example_tol, 'loss_tol': loss_tol, 'steps': rows}
+    if timed and agree:
+        model, opt, c = pairs[1]
+        out['timing'] = time_steps(lambda x, y: train_step(model, x, y, c, opt), batches, device, warmup=1, steps=timed)
+    return out
+
+# Dense bf16 tensor-core peak (TFLOP/s) by the card's name as torch reports it (vendor data sheets, SXM parts).
+BF16_PEAK_TFLOPS = {'H200': 989.4, 'H100 PCIe': 756.0, 'H100': 989.4, 'A100': 312.0, 'L40S': 362.1, 'L4': 121.0}
+
+def bf16_peak_tflops(card: str) -> float | None:
+    "The dense bf16 peak of `card` from `BF16_PEAK_TFLOPS` (the longest matching name; None if unknown)."
+    hits = [k for k in BF16_PEAK_TFLOPS if k in card]
+    return BF16_PEAK_TFLOPS[max(hits, key=len)] if hits else None
+
+UPDATE_PASSES = {'ce': 1, 'dpnp': 1, 'pgd_at': 1, 'adv_dpnp': 2, 'trades': 2, 'mart': 2}   # forward passes in the update
+
+def step_flops(cfg: RunConfig, data: ImageData, device) -> int:
+    "Model FLOPs of one training step: k attack steps of forward + input gradient, and the update's passes of forward + full backward (FlopCounterMode on one forward and one full backward of the batch)."
+    from torch.utils.flop_counter import FlopCounterMode
+    c = dataclasses.replace(cfg, compile_mode='off')
+    torch.manual_seed(cfg.seed)
+    model = prepare_model(build_model(c, data.input_shape, data.num_classes).to(device), c)
+    x, y = next(fast_batches(data, c, device))
+    with FlopCounterMode(display=False) as fwd: logits = model(x)
+    with FlopCounterMode(display=False) as bwd: torch.nn.functional.cross_entropy(logits, y).backward()
+    forward, backward = fwd.get_total_flops(), bwd.get_total_flops()
+    attack = (c.attack_steps if c.adversarial else 0) * (forward + backward // 2)   # the input gradient: about half a full backward
+    return attack + UPDATE_PASSES[c.method] * (forward + backward)

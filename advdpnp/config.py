@@ -16,18 +16,19 @@ from .files import read_json
 
 # %% auto #0
 __all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
-           'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'SCHEDULES', 'DATASET_SIZES',
-           'DATASET_CLASSES', 'NAME_MAX', 'SEED_MAX', 'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'NOT_IDENTITY',
-           'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig', 'ConfigError', 'name_problems', 'training_size',
-           'config_problems', 'closest', 'make_config', 'load_config', 'config_differences', 'parse_fraction',
-           'check_notebook_parameters', 'parameter_help', 'notebook_parameter_cell']
+           'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'COMPILE_MODES', 'LOGGERS', 'SCHEDULES',
+           'DATASET_SIZES', 'DATASET_CLASSES', 'CHOICES', 'NAME_MAX', 'SEED_MAX', 'PRESET_VALUES', 'FIELDS',
+           'LEGACY_DEFAULTS', 'RENAMED', 'NOT_IDENTITY', 'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig',
+           'ConfigError', 'name_problems', 'training_size', 'config_problems', 'closest', 'make_config', 'load_config',
+           'config_differences', 'parse_fraction', 'check_notebook_parameters', 'parameter_help',
+           'notebook_parameter_cell']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
 DATASETS = ('digits', 'cifar10', 'cifar100', 'svhn', 'imagefolder')
 METHOD_HEADS = {  # method -> classifier head it trains
     'ce': 'linear',          # standard training, cross-entropy on a linear head
     'dpnp': 'prototype',     # DPNP without adversarial training (clean branch only)
-    'adv_dpnp': 'prototype', # Adv-DPNP: dual-branch adversarial training (SPEC section 3)
+    'adv_dpnp': 'prototype', # Adv-DPNP: dual-branch adversarial training (our reconstruction, 03_losses)
     'pgd_at': 'linear',      # PGD-AT (Madry et al. 2018): CE on PGD-k examples only
     'trades': 'linear',      # TRADES (Zhang et al. 2019): CE(x) + beta KL(p(x) || p(x')), x' maximises the KL
     'mart': 'linear',        # MART (Wang et al. 2020): boosted CE on x' + beta KL weighted by 1 - p_y(x)
@@ -42,7 +43,9 @@ CONSISTENCIES = ('kl', 'trades_kl', 'feature_mse')  # how clean and adversarial 
 BRANCHES = ('dual', 'single')                     # dual: prototypes learn from clean data only
 BN_MODES = ('separate', 'concat')                 # clean and adversarial batches through BatchNorm apart or together
 PROTO_INITS = ('normal', 'unit')                  # prototype directions start as N(0, I) vectors (norm ~ sqrt(d)) or at unit norm
-AMP_MODES = ('auto', 'bf16', 'off')                # mixed precision of the training step
+AMP_MODES = ('auto', 'bf16', 'off', 'native')      # mixed precision of the training step (05_train: `training_precision`)
+COMPILE_MODES = ('off', 'default', 'reduce-overhead')  # torch.compile of the backbone; 'reduce-overhead' adds CUDA graphs (05_train)
+LOGGERS = ('none', 'tensorboard')                  # where a copy of the per-epoch metrics goes (history.csv is the record)
 SCHEDULES = ('step', 'onecycle', 'cosine')         # learning-rate schedule (05_train): step decay, linear up/down, warm-up + cosine
 
 # Train / test sizes of each dataset (None: known only once the folder is read).
@@ -102,10 +105,11 @@ class RunConfig:
     trades_beta: float = 6.0       # TRADES robustness weight
     mart_beta: float = 5.0         # MART robustness weight
     # -- speed (the fast path, 05_train; none of these changes the mathematics)
-    amp: str = 'auto'              # one of AMP_MODES; 'auto' is bf16 autocast on CUDA, fp32 on CPU
+    amp: str = 'auto'              # one of AMP_MODES; auto: bf16 autocast on CUDA, fp32 on CPU; native: bf16 where the hardware has it (CUDA, a CPU with AVX512-BF16 or AMX), else fp32
     channels_last: bool = True     # channels-last memory format for model and batches (faster convolutions)
-    compile_model: bool = False    # torch.compile the backbone (slow first steps; pays off on long GPU runs)
+    compile_mode: str = 'off'      # one of COMPILE_MODES; compiled kernels (slow first steps, checked against eager by 10_benchmark)
     threads: int = 0               # CPU threads for torch (0: torch's default)
+    logger: str = 'none'           # one of LOGGERS; tensorboard: the per-epoch metrics also go to <run folder>/tensorboard/ (pip install advdpnp[tensorboard])
     # -- bookkeeping
     seed: int = 0                  # seed of weights, data order, subsets and attacks
     device: str = 'auto'           # 'auto', 'cpu', 'cuda' or 'cuda:N'
@@ -150,9 +154,9 @@ class ConfigError(ValueError):
         self.problems = list(problems)
         super().__init__('invalid run configuration:\n  - ' + '\n  - '.join(self.problems))
 
-_CHOICES = {'dataset': DATASETS, 'method': METHODS, 'arch': ARCHS, 'preset': PRESETS, 'repulsion': REPULSIONS,
+CHOICES = {'dataset': DATASETS, 'method': METHODS, 'arch': ARCHS, 'preset': PRESETS, 'repulsion': REPULSIONS,
             'consistency': CONSISTENCIES, 'branch': BRANCHES, 'bn_mode': BN_MODES, 'classifier': CLASSIFIERS,
-            'amp': AMP_MODES, 'proto_init': PROTO_INITS, 'schedule': SCHEDULES}
+            'amp': AMP_MODES, 'proto_init': PROTO_INITS, 'schedule': SCHEDULES, 'compile_mode': COMPILE_MODES, 'logger': LOGGERS}
 _INTS = ('epochs', 'batch_size', 'attack_steps', 'eval_steps', 'seed', 'proj_dim', 'threads', 'epoch_pgd_points')
 _OPTIONAL_INTS = ('width', 'n_train', 'n_test')
 _FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'warmup_epochs', 'proto_lr_mult', 'val_fraction', 'eps', 'attack_step', 'eval_step', 'alpha',
@@ -160,16 +164,16 @@ _FLOATS = ('lr', 'momentum', 'weight_decay', 'lr_decay_factor', 'warmup_epochs',
 _STRS = ('data_dir', 'out_dir', 'device')
 NAME_MAX = 255          # bytes in one file name on Linux and macOS file systems
 SEED_MAX = 2**32 - 2    # NumPy seeds are 32-bit, and the validation split draws with seed + 1
-_BOOLS = ('download', 'overwrite', 'channels_last', 'compile_model')
+_BOOLS = ('download', 'overwrite', 'channels_last')
 
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 def _is_number(v): return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _type_problems(cfg) -> list:
     out = []
-    for k in _CHOICES:
+    for k in CHOICES:
         v = getattr(cfg, k)
-        if v not in _CHOICES[k]: out.append(f'{k}={v!r} is not valid; choose one of {list(_CHOICES[k])}')
+        if v not in CHOICES[k]: out.append(f'{k}={v!r} is not valid; choose one of {list(CHOICES[k])}')
     for k in _INTS:
         if not _is_int(getattr(cfg, k)): out.append(f'{k}={getattr(cfg, k)!r} must be an integer')
     for k in _OPTIONAL_INTS:
@@ -298,13 +302,25 @@ def make_config(preset: str = 'paper', dataset: str = 'cifar10', **overrides) ->
 
 # %% ../nbs/00_config.ipynb #bfe3de45
 # Fields added after run folders already existed, with the value every older run used.
-LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_model': False, 'threads': 0,
+LEGACY_DEFAULTS = {'proto_init': 'normal', 'amp': 'auto', 'channels_last': True, 'compile_mode': 'off', 'threads': 0, 'logger': 'none',
                    'schedule': 'step', 'warmup_epochs': 0.0, 'proto_lr_mult': 1.0, 'val_fraction': 0.0, 'epoch_pgd_points': 0}
+# Fields that older run folders spell differently: old name -> (new name, old value -> new value).
+RENAMED = {'compile_model': ('compile_mode', {False: 'off', True: 'default'})}
+
+def _renamed(d: dict) -> dict:
+    "`d` with every `RENAMED` field under its new name and value."
+    d = dict(d)
+    for old, (new, values) in RENAMED.items():
+        if old in d:
+            value = d.pop(old)
+            d.setdefault(new, values.get(value, value))
+    return d
 
 def load_config(path) -> RunConfig:
     "Read and validate a run's `config.json` (`cfg.to_dict()` as JSON); every field must be there (except `LEGACY_DEFAULTS`')."
     try: d = read_json(path, 'run configuration')
     except ValueError as e: raise ConfigError([f'{e}; or retrain the run with overwrite=True']) from None
+    d = _renamed(d)
     unknown = sorted(set(d) - set(FIELDS))
     if unknown: raise ConfigError([f'{path}: unknown parameter(s) {unknown}; valid parameters: {", ".join(FIELDS)}'])
     missing = [k for k in FIELDS if k not in d and k not in LEGACY_DEFAULTS]
@@ -321,12 +337,14 @@ NOT_IDENTITY = {   # field -> why changing it cannot change the trained weights
     'out_dir': 'where the run folder lives',
     'name': 'what the run folder is called',
     'threads': 'how many CPU threads compute the same operations',
+    'logger': 'where a copy of the per-epoch metrics goes',
+    'compile_mode': 'how the same operations are scheduled (compiled kernels; rounding-level differences, checked against eager in 10_benchmark)',
     'epoch_pgd_points': 'an observation after each epoch; it forks the random state, so training draws the same numbers',
 }
 
 def config_differences(saved: dict, cfg: RunConfig) -> dict:
     "{field: (saved, cfg's)} for every identity field in which the saved config dict differs from `cfg`."
-    saved = {**LEGACY_DEFAULTS, **saved}
+    saved = {**LEGACY_DEFAULTS, **_renamed(saved)}
     norm = lambda v: list(v) if isinstance(v, tuple) else v
     return {k: (saved.get(k, '<missing>'), v) for k, v in cfg.identity().items() if norm(saved.get(k, '<missing>')) != v}
 
@@ -376,7 +394,7 @@ def parameter_help() -> dict:
     import importlib, re
     from fastcore.docments import docments
     docs = docments(importlib.import_module('advdpnp.config').RunConfig, full=False)   # read from the module's source
-    spell = lambda f, text: re.sub(r'^one of [A-Z_]+', ' | '.join(_CHOICES[f]), text) if f in _CHOICES else text
+    spell = lambda f, text: re.sub(r'^one of [A-Z_]+', ' | '.join(CHOICES[f]), text) if f in CHOICES else text
     return {f: spell(f, docs.get(f) or '') for f in FIELDS}
 
 def _groups() -> dict:

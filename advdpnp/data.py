@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,10 @@ def _open_torchvision(dataset: str, root, download: bool, **kwargs):
     except RuntimeError: pass  # files missing or failing their checksum
     reason = 'download=False'
     if download:
+        made = next((p for p in reversed([Path(root), *Path(root).parents]) if not p.exists()), None)   # the folders a download creates
         try: return cls(str(root), download=True, **kwargs)
         except (OSError, RuntimeError) as e: reason = f'the download failed ({type(e).__name__}: {e})'
+        if made is not None and made.is_dir() and not made.is_symlink(): shutil.rmtree(made)   # no empty folders left by a typo
     raise DatasetNotFoundError(
         f'{dataset} was not found in {Path(root).resolve()} and {reason}. '
         f'Put {_EXPECTED_FILES[dataset]} into {Path(root).resolve()}, or pass data_dir= pointing to the folder that holds them.')

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ from .config import METHODS, config_differences, make_config
 from .runs import RunFolder, evaluation_request
 
 # %% auto #0
-__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'SCALE_PLANS', 'PARTS', 'sweep_overrides',
-           'GridRun', 'Grid', 'merge_eval', 'build_grid', 'select_parts', 'GridConflictError', 'run_config',
+__all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'GPU_EPOCHS', 'SCALE_PLANS',
+           'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'EXECUTORS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval',
+           'cifar10_source', 'build_grid', 'frontier_overrides', 'select_parts', 'GridConflictError', 'run_config',
            'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
-SCALES = ('paper', 'cpu', 'micro')
+SCALES = ('paper', 'gpu', 'cpu', 'micro')
 ABLATIONS = {
     'full': {},
     'no_alignment': {'lambda_pa': 0.0},
@@ -48,9 +50,9 @@ def sweep_overrides(param: str, value) -> dict:
 ALL_ATTACKS = 'fgsm,pgd,cw,autoattack'
 
 def _eval(attacks=ALL_ATTACKS, n_eval=None, soundness=False, corruptions='none', features=False, n_features=500,
-          n_autoattack=None):
+          n_autoattack=None, eps=None):
     return dict(attacks=attacks, n_eval=n_eval, soundness=soundness, corruptions=corruptions, features=features,
-                n_features=n_features, n_autoattack=n_autoattack)
+                n_features=n_features, n_autoattack=n_autoattack, **({} if eps is None else {'eps': eps}))
 
 def _no_none(plans):
     bad = [(s, k) for s, p in plans.items() for spec in p['main'] + [p['study']] for k, v in spec['overrides'].items() if v is None]
@@ -64,9 +66,14 @@ CPU_RECIPE = dict(schedule='onecycle', lr=0.1, warmup_epochs=4.0)
 CPU_HEAD = {'adv_dpnp': dict(proto_init='unit')}
 _CPU_MAIN = dict(data_dir='{cifar_dir}', n_train=10_000, n_test=1000, epochs=10, attack_steps=5, attack_step=2.5 * 8 / 255 / 5,
                  **CPU_RECIPE)
+# The GPU scale: one run trains in about 4 minutes on an H100/H200 at the eager step time measured there
+# (0.083-0.089 s per PGD-10 step at batch 128, ~34 s per epoch): GPU_EPOCHS epochs for every method.
+GPU_EPOCHS = 7
+_GPU_MAIN = dict(data_dir='{cifar10_dir}', epochs=GPU_EPOCHS, schedule='onecycle', lr=CPU_RECIPE['lr'],
+                 warmup_epochs=round(CPU_RECIPE['warmup_epochs'] / 10 * GPU_EPOCHS, 2))   # the CPU recipe's 40 % warm-up
 SCALE_PLANS = {
     'paper': dict(
-        description='paper scale: SPEC section 4 recipes (ResNet-18, full training sets, 110 epochs), GPU',
+        description='paper scale: the paper preset\'s recipes (ResNet-18, full training sets, 110 epochs), GPU',
         main=[dict(dataset='cifar10', overrides={'data_dir': '{data_dir}'},
                    eval=_eval(soundness=True, corruptions='auto', features=True, n_features=1000)),
               dict(dataset='cifar100', overrides={'data_dir': '{data_dir}'}, eval=_eval(soundness=True, features=True, n_features=1000)),
@@ -74,18 +81,30 @@ SCALE_PLANS = {
         preset='paper', seeds=(0,), cifar='cifar10',
         study=dict(dataset='cifar10', overrides={'data_dir': '{data_dir}'}, eval=_eval('pgd,cw,autoattack', n_eval=1000)),
         ablations=tuple(ABLATIONS), sweeps=SWEEPS),
+    'gpu': dict(
+        description=(f'GPU scale: {{cifar10_label}}, CIFAR-10 ResNet-18 on all 50,000 training images, {GPU_EPOCHS} epochs '
+                     f'of PGD-10 training at eps 8/255 (step 2/255) with the CPU study\'s one-cycle recipe (peak lr 0.1, '
+                     f'40 % warm-up), bf16 autocast training (amp=native), the same for every method; PGD-20, C&W-inf '
+                     f'and AutoAttack (standard) on a class-balanced 1,000 test points, clean accuracy on all 10,000, '
+                     f'the soundness report; a short budget: not the paper\'s 110 epochs'),
+        main=[dict(dataset='{cifar10}', overrides=_GPU_MAIN, method_overrides=CPU_HEAD,
+                   eval=_eval(n_eval=1000, n_autoattack=1000, soundness=True))],
+        preset='paper', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='{cifar10}', amp='native',
+        study=dict(dataset='{cifar10}', overrides={}, eval=None), ablations=(), sweeps={}),
     'cpu': dict(
         description=('CPU scale: offline CIFAR-10 JPEG copy (PreAct ResNet-18 width 16, 10,000 class-balanced training '
                      'images, 10 epochs of PGD-5 training at eps 8/255, the study\'s recipe, bf16 autocast training '
-                     '(amp=bf16; every evaluation in fp32); white-box attacks and '
-                     'corruptions on 1,000 test images, AutoAttack on a class-balanced 500 of them; seeds 0 and 1 for '
+                     'where the CPU has native bf16, else fp32 (amp=native, recorded per run; every evaluation in fp32); white-box attacks and '
+                     'corruptions on 1,000 test images, AutoAttack on a class-balanced 500 of them, the soundness report on the 1,000; seeds 0 and 1 for '
                      'PGD-AT and Adv-DPNP); ablations and sweeps of Adv-DPNP on scikit-learn digits (small CNN, eps 0.2, '
                      'attacks on 100 test points); development numbers, not CIFAR-10 results'),
         main=[dict(dataset='imagefolder', overrides=_CPU_MAIN, method_overrides=CPU_HEAD,
-                   eval=_eval(n_eval=1000, n_autoattack=500, corruptions='generated', features=True, n_features=500))],
-        preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder', amp='bf16',
+                   eval=_eval(n_eval=1000, n_autoattack=500, soundness=True, corruptions='generated', features=True, n_features=500))],
+        preset='smoke', seeds=(0,), method_seeds={'pgd_at': (0, 1), 'adv_dpnp': (0, 1)}, cifar='imagefolder', amp='native',
         study=dict(dataset='digits', overrides={}, eval=_eval('pgd,autoattack', n_eval=100)),
-        ablations=tuple(ABLATIONS), sweeps={p: v[:1] + v[2:] for p, v in SWEEPS.items()}),
+        ablations=tuple(ABLATIONS), sweeps={p: v[:1] + v[2:] for p, v in SWEEPS.items()},
+        frontier=dict(knobs={'trades': ('trades_beta', (1.0, 3.0, 6.0, 12.0)), 'pgd_at': ('eps', (4 / 255, 6 / 255, 8 / 255)),
+                             'adv_dpnp': ('beta', (1.0, 3.0, 6.0))}, seeds=(0, 1, 2), eval_eps=8 / 255)),
     'micro': dict(
         description='micro scale: a pipeline test (tiny data, one epoch); the numbers mean nothing',
         main=[dict(dataset='imagefolder', overrides={'data_dir': '{cifar_dir}', 'n_train': 30, 'n_test': 20, **_MICRO},
@@ -93,7 +112,9 @@ SCALE_PLANS = {
         preset='smoke', seeds=(0,), cifar='imagefolder',
         study=dict(dataset='digits', overrides={'n_train': 100, 'n_test': 30, **_MICRO}, eval=_eval('pgd,autoattack', n_eval=20)),
         ablations=('full', 'no_consistency', 'single_branch'),
-        sweeps={'lambda_pa': (0.0, 0.05), 'lambda_nr': (0.0, 0.5), 'beta': (0.0, 3.0), 'alpha': (1.0, 5.0)}),
+        sweeps={'lambda_pa': (0.0, 0.05), 'lambda_nr': (0.0, 0.5), 'beta': (0.0, 3.0), 'alpha': (1.0, 5.0)},
+        frontier=dict(knobs={'trades': ('trades_beta', (1.0, 6.0)), 'pgd_at': ('eps', (4 / 255, 8 / 255)),
+                             'adv_dpnp': ('beta', (1.0, 3.0))}, seeds=(0, 1), eval_eps=8 / 255)),
 }
 _no_none(SCALE_PLANS)
 
@@ -126,11 +147,21 @@ def merge_eval(a: dict | None, b: dict | None) -> dict | None:
     n_aa = None if not na or None in na else max(na)
     nf = None if a['n_features'] is None or b['n_features'] is None else max(a['n_features'], b['n_features'])
     corr = a['corruptions'] if a['corruptions'] != 'none' else b['corruptions']
+    if a.get('eps') != b.get('eps'): raise ValueError(f"one run cannot be evaluated at eps {a.get('eps')} and {b.get('eps')} in one request")
     return dict(attacks=','.join(attacks), n_eval=n, soundness=a['soundness'] or b['soundness'], corruptions=corr,
-                features=a['features'] or b['features'], n_features=nf, n_autoattack=n_aa)
+                features=a['features'] or b['features'], n_features=nf, n_autoattack=n_aa, **({'eps': a['eps']} if 'eps' in a else {}))
 
 def _fill(overrides: dict, paths: dict) -> dict:
     return {k: v.format(**paths) if isinstance(v, str) else v for k, v in overrides.items()}
+
+CIFAR10_LABELS = {'cifar10': 'official CIFAR-10 (torchvision files)',
+                  'imagefolder': 'the offline CIFAR-10 JPEG copy (development data, not official CIFAR-10)'}
+
+def cifar10_source(data_dir, cifar_dir) -> dict:
+    "Where a grid finds CIFAR-10: the official files under `data_dir` when present (torchvision's `cifar-10-batches-py`), else the JPEG copy in `cifar_dir`; the dataset name, its folder and its label."
+    official = (Path(data_dir) / 'cifar-10-batches-py').is_dir()
+    dataset, folder = ('cifar10', data_dir) if official else ('imagefolder', cifar_dir)
+    return {'cifar10': dataset, 'cifar10_dir': str(Path(folder).resolve()), 'cifar10_label': CIFAR10_LABELS[dataset]}
 
 def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpeg', seeds=None, methods=None,
                device: str = 'auto', amp: str | None = None) -> Grid:
@@ -143,11 +174,13 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     seeds_given, seeds = seeds, list(plan['seeds'] if seeds is None else seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
-    paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve())}
+    paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve()),
+             **cifar10_source(data_dir, cifar_dir)}   # '{cifar10}' in a plan: official CIFAR-10 if present, else the JPEG copy
     other_amp = amp is not None and amp != plan.get('amp')
     amp = plan.get('amp') if amp is None else amp
-    description = plan['description'] + (f'; training with amp={amp} instead' if other_amp else '')
-    grid = Grid(scale, description, Path(out_dir).resolve(), plan['cifar'])
+    description = plan['description'].replace('{cifar10_label}', paths['cifar10_label'])
+    description += f'; training with amp={amp} instead' if other_amp else ''
+    grid = Grid(scale, description, Path(out_dir).resolve(), plan['cifar'].format(**paths))
     keys = {}
 
     def add(entry, name, dataset, method, seed, overrides, evaluate):
@@ -165,9 +198,10 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
         grid.entries.append({**entry, 'dataset': dataset, 'method': method, 'seed': seed, 'run': keys[key]})
 
     for spec in plan['main']:
+        dataset = spec['dataset'].format(**paths)
         for method in methods:
             for seed in (plan.get('method_seeds', {}).get(method, seeds) if seeds_given is None else seeds):
-                add({'group': 'main'}, f"{spec['dataset']}-{method}-s{seed}", spec['dataset'], method, seed,
+                add({'group': 'main'}, f"{dataset}-{method}-s{seed}", dataset, method, seed,
                     {**spec['overrides'], **spec.get('method_overrides', {}).get(method, {})}, spec['eval'])
     study, s0 = plan['study'], seeds[0]
     for variant in plan['ablations']:
@@ -177,14 +211,39 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
         for value in values:
             add({'group': 'sweep', 'param': param, 'value': value}, f"{study['dataset']}-adv_dpnp-{param}={value}-s{s0}",
                 study['dataset'], 'adv_dpnp', s0, {**study['overrides'], **sweep_overrides(param, value)}, None)
+    if 'frontier' in plan: _add_frontier(plan, methods, seeds_given, seeds, add, paths)
     return grid
 
+def frontier_overrides(spec: dict, method: str, param: str, value) -> dict:
+    "A frontier point's training overrides: the main table's run with one knob moved (a training eps takes its attack step along, the main table's 2.5 eps / k)."
+    base = {**spec['overrides'], **spec.get('method_overrides', {}).get(method, {})}
+    if param != 'eps': return {**base, param: value}
+    steps = base.get('attack_steps', 5)
+    return {**base, 'eps': value, 'attack_step': 2.5 * value / steps}
+
+def _add_frontier(plan, methods, seeds_given, seeds, add, paths) -> None:
+    "Entries of the frontier part: each family's knob values on the main dataset, its main-table point on several seeds; all evaluated at the main table's eps on its points."
+    f, spec = plan['frontier'], plan['main'][0]
+    dataset = spec['dataset'].format(**paths)
+    for method, (param, values) in f['knobs'].items():
+        if method not in methods: continue
+        base = {**spec['overrides'], **spec.get('method_overrides', {}).get(method, {})}
+        default = getattr(make_config(plan['preset'], dataset, method=method, **_fill(base, paths)), param)
+        for value in values:
+            point = seeds if seeds_given is not None else f['seeds'] if math.isclose(value, default) else seeds[:1]
+            overrides = frontier_overrides(spec, method, param, value)
+            ev = spec['eval'] if param != 'eps' or math.isclose(value, f['eval_eps']) else {**spec['eval'], 'eps': f['eval_eps']}
+            for seed in point:
+                add({'group': 'frontier', 'family': method, 'param': param, 'value': value},
+                    f"{dataset}-{method}-{param}={value:.4g}-s{seed}", dataset, method, seed, overrides, ev)
+
 # %% ../nbs/09a_grid.ipynb #50ce4ae2
-PARTS = ('main', 'ablation', 'sweep')
+PARTS = ('main', 'ablation', 'sweep', 'frontier')
+DEFAULT_PARTS = ('main', 'ablation', 'sweep')   # the frontier has its own entry point (-p parts frontier)
 
 def select_parts(grid: Grid, parts=None) -> Grid:
-    "The part of `grid` whose entries belong to `parts` (main, ablation, sweep; a list or 'a,b'; None: all), with only their runs."
-    if parts is None: return grid
+    "The part of `grid` whose entries belong to `parts` (main, ablation, sweep, frontier; a list or 'a,b'; None: `DEFAULT_PARTS`), with only their runs."
+    if parts is None: parts = DEFAULT_PARTS
     if isinstance(parts, str): parts = [p.strip() for p in parts.split(',') if p.strip()]
     if not isinstance(parts, (list, tuple)) or not parts or any(p not in PARTS for p in parts):
         raise ValueError(f'parts={parts!r} is not valid; choose a non-empty list from {list(PARTS)} (or None: all)')
@@ -218,7 +277,7 @@ def grid_request(grid: Grid, name: str) -> dict | None:
     run, folder = grid.runs[name], RunFolder(grid.run_dir(name))
     if run.evaluate is None or not folder.finished: return None
     e = run.evaluate
-    return evaluation_request(folder.config(), e['attacks'].split(','), e['n_eval'], e.get('n_autoattack'), None, e['soundness'])
+    return evaluation_request(folder.config(), e['attacks'].split(','), e['n_eval'], e.get('n_autoattack'), e.get('eps'), e['soundness'])
 
 def grid_evaluation(grid: Grid, name: str) -> dict | None:
     "The evaluation that the grid asked of run `name` (verified by its run folder); None if not evaluated."
@@ -226,9 +285,10 @@ def grid_evaluation(grid: Grid, name: str) -> dict | None:
     return None if request is None else RunFolder(grid.run_dir(name)).evaluation(request)
 
 def repo_root(start=None) -> Path:
-    "The folder holding nbs/train.ipynb: the working directory or its parent (when run from nbs/)."
+    "The folder holding nbs/train.ipynb: the working directory or its parent (when run from nbs/), else the checkout this package is installed from."
     start = Path(start or Path.cwd()).resolve()
-    for d in (start, start.parent):
+    import advdpnp
+    for d in (start, start.parent, Path(advdpnp.__file__).resolve().parents[1]):
         if (d / 'nbs' / 'train.ipynb').exists(): return d
     raise FileNotFoundError(f'nbs/train.ipynb not found from {start}: run from the advdpnp repository or its nbs/ folder')
 
@@ -254,8 +314,17 @@ def _run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, ex
     return {'run': run.name, 'done': '+'.join(did) or 'skipped (already done)',
             'seconds': round((datetime.datetime.now() - t0).total_seconds(), 1)}
 
-def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, workers: int = 1) -> pd.DataFrame:
-    "Train and evaluate every run of `grid` that is not done yet, `workers` runs at a time; one row per run with what was done."
+EXECUTORS = ('local', 'slurm')
+
+def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, workers: int = 1,
+             executor: str = 'local', slurm=None) -> pd.DataFrame:
+    "Train and evaluate every run of `grid` that is not done yet: here `workers` runs at a time, or with executor='slurm' one SLURM job per run (`09d_cluster.run_grid_slurm`; `slurm`: SlurmOptions or a dict of its fields); one row per run with what was done."
+    if executor not in EXECUTORS: raise ValueError(f'executor={executor!r} is not valid; choose one of {list(EXECUTORS)}')
+    if executor == 'slurm':
+        if workers != 1: raise ValueError(f"workers={workers!r} is for executor='local': on SLURM each run is a job (slurm_array_parallelism limits how many run at once)")
+        from advdpnp.cluster import run_grid_slurm     # cluster builds on this module: imported when used
+        return run_grid_slurm(grid, slurm, root, progress)
+    if slurm is not None: raise ValueError("SLURM options were given with executor='local': pass executor='slurm' to use them")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f'workers={workers!r} must be a positive integer (runs trained at the same time)')
     root = repo_root(root)

@@ -9,6 +9,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import stat
 import time
@@ -27,7 +28,7 @@ from .models import build_model, to_channels_last
 # %% auto #0
 __all__ = ['FOREIGN_IDENTITY', 'RunLockedError', 'RunExistsError', 'CheckpointError', 'ArtifactError', 'path_error', 'RunLock',
            'lock_holder', 'load_checkpoint', 'RunFolder', 'load_run', 'evaluation_request', 'check_evaluation',
-           'run_status', 'list_runs', 'robust_key', 'compare_runs']
+           'run_status', 'list_runs', 'robust_key', 'compare_runs', 'comparison_table']
 
 # %% ../nbs/04b_runs.ipynb #76d8e92c
 class RunLockedError(RuntimeError):
@@ -163,6 +164,7 @@ class RunFolder:
     FEATURES, FEATURE_ARRAYS = 'features.json', 'features.npz'
     GRID_EVAL = 'grid_eval.json'                # the paper grid's record of the evaluation it asked for
     MODEL = 'model.json'                        # an evaluation folder's description of a model trained elsewhere (06b_foreign)
+    TENSORBOARD = 'tensorboard'                 # the optional TensorBoard copy of the per-epoch metrics (RunConfig.logger)
     LEGACY_EVAL = 'eval.json'                   # the single evaluation file of folders written before `evaluations/`
     LEGACY = (LEGACY_EVAL, 'model_card.json', 'autoattack_state.json')
     TRAIN_FILES = (METRICS, CHECKPOINT, HISTORY, CURVES, CONFIG)     # metrics first: a half-cleared folder is never "finished"
@@ -267,8 +269,11 @@ def _clear(self: RunFolder) -> None:
         if self.file(name).is_file() or self.file(name).is_symlink(): self.file(name).unlink()   # model.json included
     for p in list(self._temporaries()): p.unlink()
     if self._evaluations_dir(create=False):
-        for p in self.file(self.EVALUATIONS).glob('*.json'): p.unlink()
+        for p in [*self.file(self.EVALUATIONS).glob('*.json'), *self.file(self.EVALUATIONS).glob('*.pt')]: p.unlink()   # .pt: adversarial examples
         if not any(self.file(self.EVALUATIONS).iterdir()): self.file(self.EVALUATIONS).rmdir()
+    tb = self.file(self.TENSORBOARD)
+    if tb.is_symlink(): tb.unlink()                 # a link is removed, never followed
+    elif tb.is_dir(): shutil.rmtree(tb)
 
 @patch
 def begin(self: RunFolder, cfg: RunConfig, mode: str) -> None:
@@ -417,7 +422,8 @@ def _find_evaluation(self: RunFolder, request: dict) -> tuple:
         result = read_json(p, 'evaluation')
         if result.get('request') == request and (want is None or result.get('checkpoint_sha256') in (want, None)): return p, result
     legacy = self._read(self.LEGACY_EVAL, 'evaluation')
-    if legacy is not None and sorted(k for k in legacy['accuracy'] if k != 'clean') == request['attacks'] \
+    base = set(request) <= {'attacks', 'n_eval', 'n_autoattack', 'eps', 'soundness'}   # a legacy file knows no other options
+    if legacy is not None and base and sorted(k for k in legacy['accuracy'] if k != 'clean') == request['attacks'] \
             and abs(legacy['eps'] - request['eps']) < 1e-12 and request['n_eval'] in (None, legacy['n']):
         return self.file(self.LEGACY_EVAL), legacy
     return None, None
@@ -550,5 +556,15 @@ def compare_runs(run_dirs) -> pd.DataFrame:
         rows.append({'run': Path(d).name, 'preset': m.get('preset', m.get('scale')), 'dataset': m['dataset'], 'method': m['method'],
                      'arch': f"{m['arch']}(w={m['width']})", 'epochs': m['epochs'], 'n_train': m['n_train'],
                      'n_test': m['n_test'], 'eps': round(m['eps'], 4), 'clean_acc': m['clean_acc'],
-                     f'{name}_acc': m[robust], 'train_s': m['train_seconds']})
+                     f'{name}_acc': m[robust], 'clean_se': m['standard_errors']['clean_acc'],
+                     f'{name}_se': m['standard_errors'][robust], 'train_s': m['train_seconds'], 'folder': str(Path(d).resolve())})
     return pd.DataFrame(rows)
+
+def comparison_table(run_dirs) -> pd.DataFrame:
+    "`compare_runs` for a reader: accuracies in % with their standard errors and n, the training time and the run folder."
+    t = compare_runs(run_dirs)
+    robust = next(c[:-4] for c in t.columns if c.endswith('_acc') and c != 'clean_acc')
+    pct = lambda acc, se: [f'{100 * a:.1f} ± {100 * s:.1f}' for a, s in zip(t[acc], t[se])]
+    return pd.DataFrame({'run': t['run'], 'method': t['method'], 'dataset': t['dataset'], 'n': t['n_test'],
+                         'clean (%)': pct('clean_acc', 'clean_se'), f'{robust} (%)': pct(f'{robust}_acc', f'{robust}_se'),
+                         'training (s)': t['train_s'].round(0).astype(int), 'folder': t['folder']})

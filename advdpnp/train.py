@@ -35,9 +35,10 @@ from .runs import (  # the run folder; load_run, compare_runs and the errors are
 from .stats import standard_error
 
 # %% auto #0
-__all__ = ['ACCURACY_COLUMNS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones', 'per_batch', 'lr_factor',
-           'make_scheduler', 'autocast', 'prepare_model', 'as_batch', 'configure_threads', 'training_examples',
-           'average_gradients', 'train_step', 'check_finite', 'train_epoch', 'plot_history', 'get_rng_state',
+__all__ = ['NATIVE_BF16_FLAGS', 'ACCURACY_COLUMNS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones',
+           'per_batch', 'lr_factor', 'make_scheduler', 'cpu_flags', 'training_precision', 'autocast', 'prepare_model',
+           'as_batch', 'configure_threads', 'check_logger', 'EpochLogger', 'training_examples', 'Objective',
+           'distributed_objective', 'train_step', 'check_finite', 'train_epoch', 'plot_history', 'get_rng_state',
            'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
            'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack', 'epoch_robust_accuracy',
            'epoch_line', 'paper_on_cpu_warning', 'train', 'check_training_set', 'training_state']
@@ -87,15 +88,41 @@ def make_scheduler(optimizer, cfg: RunConfig, steps_per_epoch: int = 1):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg, steps_per_epoch=steps_per_epoch))
 
 # %% ../nbs/05_train.ipynb #ed8fe07c
+NATIVE_BF16_FLAGS = ('avx512_bf16', 'amx_bf16', 'bf16')   # CPU flags of native bf16: x86 AVX512-BF16 and AMX, Arm FEAT_BF16
+
+@functools.cache
+def cpu_flags() -> frozenset:
+    "The CPU's feature flags as Linux reports them (`/proc/cpuinfo`: 'flags' on x86, 'Features' on Arm); empty elsewhere."
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(':')
+        if key.strip() in ('flags', 'Features'): return frozenset(value.split())
+    return frozenset()
+
+def training_precision(cfg: RunConfig, device, flags=None) -> dict:
+    "The precision `cfg.amp` trains in on `device` ({'dtype': 'bf16' | 'fp32', 'reason': ...}); `flags`: the CPU's (default `cpu_flags()`)."
+    device = torch.device(device)
+    bf16, fp32 = (lambda why: {'dtype': 'bf16', 'reason': why}), (lambda why: {'dtype': 'fp32', 'reason': why})
+    if cfg.amp == 'off': return fp32("amp='off'")
+    if device.type == 'cuda':
+        if cfg.amp == 'bf16' or torch.cuda.is_bf16_supported(): return bf16(f"amp={cfg.amp!r} on CUDA")
+        return fp32(f"amp={cfg.amp!r}: this GPU has no bf16")
+    native = sorted(set(NATIVE_BF16_FLAGS) & set(cpu_flags() if flags is None else flags))
+    has = f"this CPU has {', '.join(native)}" if native else f"this CPU has no native bf16 (none of {', '.join(NATIVE_BF16_FLAGS)})"
+    if cfg.amp == 'bf16': return bf16(f"amp='bf16'; {has}" + ('' if native else ': emulated, measured 16x slower than fp32'))
+    if cfg.amp == 'auto': return fp32("amp='auto' trains in fp32 on a CPU")
+    return bf16(f"amp='native': {has}") if native else fp32(f"amp='native': {has}")
+
 def autocast(cfg: RunConfig, device: torch.device):
-    "The autocast context of `cfg.amp` on `device` (a no-op for fp32)."
-    on = cfg.amp == 'bf16' or (cfg.amp == 'auto' and device.type == 'cuda')
+    "The autocast context of `cfg.amp` on `device` (`training_precision`; a no-op for fp32)."
+    on = training_precision(cfg, device)['dtype'] == 'bf16'
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 def prepare_model(model, cfg: RunConfig):
     "Apply the model-side switches of the fast path (memory format, compilation) in place."
     if cfg.channels_last: to_channels_last(model)   # 02_models: a oneDNN-unsafe convolution stays contiguous
-    if cfg.compile_model: model.backbone.compile()
+    if cfg.compile_mode != 'off': model.backbone.compile(mode=cfg.compile_mode)   # in place: checkpoint keys unchanged
     return model
 
 def as_batch(x: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
@@ -105,6 +132,28 @@ def as_batch(x: torch.Tensor, cfg: RunConfig) -> torch.Tensor:
 def configure_threads(cfg: RunConfig) -> None:
     if cfg.threads: torch.set_num_threads(cfg.threads)
 
+def check_logger(cfg: RunConfig) -> None:
+    "One ConfigError, before anything is written, if `cfg.logger` needs a package that is not installed."
+    if cfg.logger == 'tensorboard':
+        try: from torch.utils.tensorboard import SummaryWriter   # noqa: F401 (needs the tensorboard package)
+        except ImportError: raise ConfigError(["logger='tensorboard' needs the tensorboard package: "
+                                               "pip install 'advdpnp[tensorboard]' (or logger='none')"]) from None
+
+class EpochLogger:
+    "A copy of each epoch's row of history.csv for an experiment logger (`cfg.logger`); does nothing for 'none'."
+    def __init__(self, cfg: RunConfig, folder: RunFolder):
+        self.writer = None
+        if cfg.logger == 'tensorboard':
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(folder.file(folder.TENSORBOARD)))
+    def log(self, row: dict) -> None:
+        if self.writer is None: return
+        for k, v in row.items():
+            if k != 'epoch' and isinstance(v, (int, float)): self.writer.add_scalar(k, v, row['epoch'])
+        self.writer.flush()
+    def close(self) -> None:
+        if self.writer is not None: self.writer.close()
+
 # %% ../nbs/05_train.ipynb #b322bb14
 def training_examples(model, x, y, cfg: RunConfig):
     "The adversarial version of batch `x` that `cfg.method` trains on (None for non-adversarial methods)."
@@ -113,23 +162,30 @@ def training_examples(model, x, y, cfg: RunConfig):
     if kind == 'kl': return trades_attack(model, x, cfg.eps, cfg.attack_step, cfg.attack_steps)
     return ThreatModel(cfg.eps, cfg.attack_steps, cfg.attack_step)(model, x, y)
 
-def average_gradients(model, world: int) -> None:
-    "All-reduce the parameter gradients (one flat buffer) and divide by the number of processes."
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world
-    for g, synced in zip(grads, flat.split([g.numel() for g in grads])): g.copy_(synced.view_as(g))
+class Objective(torch.nn.Module):
+    "The training objective of `cfg.method` as one module call, so that DistributedDataParallel sees the whole update (every branch, the prototypes) as one forward and one backward."
+    def __init__(self, model: Classifier, cfg: RunConfig):
+        super().__init__()
+        self.model, self.cfg = model, cfg
+    def forward(self, x, y, x_adv): return OBJECTIVES[self.cfg.method](self.model, x, y, x_adv, self.cfg)
 
-def train_step(model, x, y, cfg: RunConfig, optimizer, world: int = 1):
-    "One update on the float batch (x, y): attack, objective, backward, (gradient averaging), step; returns (loss, terms) as device tensors, without reading them (no host synchronisation)."
+def distributed_objective(model: Classifier, cfg: RunConfig, device) -> torch.nn.parallel.DistributedDataParallel:
+    "`Objective` wrapped in DistributedDataParallel: gradients averaged in buckets, overlapped with the backward pass; parameters a step leaves without gradient are found and skipped (never a hang)."
+    return torch.nn.parallel.DistributedDataParallel(
+        Objective(model, cfg), device_ids=[device.index] if device.type == 'cuda' else None,
+        broadcast_buffers=False,         # BatchNorm: SyncBatchNorm on CUDA; on CPU the running statistics are averaged per epoch
+        find_unused_parameters=True)     # e.g. a prototype branch that a method's step leaves idle
+
+def train_step(model, x, y, cfg: RunConfig, optimizer, objective=None):
+    "One update on the float batch (x, y): attack (on the plain model, eval mode), objective through `objective` (a `distributed_objective`, or the plain objective if None), backward, step; returns (loss, terms) as device tensors, without reading them (no host synchronisation)."
+    if cfg.compile_mode == 'reduce-overhead' and x.device.type == 'cuda':
+        torch.compiler.cudagraph_mark_step_begin()   # a new iteration: CUDA graphs may reuse the last step's buffers
     with autocast(cfg, x.device):
-        x_adv = training_examples(model, x, y, cfg)
+        x_adv = training_examples(model, x, y, cfg)   # input gradients only: no parameter gradient, nothing to synchronise
         model.train()
-        loss, terms = OBJECTIVES[cfg.method](model, x, y, x_adv, cfg)
+        loss, terms = (objective or Objective(model, cfg))(x, y, x_adv)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if world > 1: average_gradients(model, world)
     optimizer.step()
     return loss, terms
 
@@ -142,7 +198,7 @@ def check_finite(loss_sum: torch.Tensor, terms: dict, world: int, where: str) ->
                                  f'{ {k: float(v) for k, v in terms.items()} }')
 
 def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, epoch: int = 0, progress: bool = True,
-                rank: int = 0, world: int = 1, scheduler=None, check_every: int | None = None) -> dict:
+                rank: int = 0, world: int = 1, scheduler=None, check_every: int | None = None, objective=None) -> dict:
     "One epoch of `cfg.method` (stepping `scheduler` after every batch if given); the mean of each loss term (of this process's slice). Losses are summed on the device and read every `check_every` steps (None: 1 on CPU, 50 on CUDA)."
     device = model_device(model)
     every = check_every or (50 if device.type == 'cuda' else 1)
@@ -153,7 +209,7 @@ def train_epoch(model, data: ImageData, cfg: RunConfig, optimizer, generator, ep
         x, y = augment(data.x_train[idx], data.pad, data.flip, generator), data.y_train[idx]
         if world > 1: x, y = x[rank::world], y[rank::world]
         x, y = as_batch(to_float(x.to(device, non_blocking=True)), cfg), y.to(device, non_blocking=True)
-        loss, terms = train_step(model, x, y, cfg, optimizer, world)
+        loss, terms = train_step(model, x, y, cfg, optimizer, objective)
         if scheduler is not None: scheduler.step()
         for k, v in {'loss': loss, **terms}.items():   # summed where they are: no host synchronisation per step
             v = v.detach().float()
@@ -328,6 +384,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
     if dist: torch.distributed.barrier()                       # every process decided before the main one writes
     data = load_data(cfg)
     check_training_set(data, cfg)
+    check_logger(cfg)
     seed_everything(cfg.seed)
     mean, std = data.channel_stats()
     configure_threads(cfg)
@@ -336,6 +393,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
     prepare_model(model, cfg)
     data = dataclasses.replace(data, x_train=data.x_train.to(device), y_train=data.y_train.to(device))
     optimizer, generator = make_optimizer(model, cfg), torch.Generator().manual_seed(cfg.seed)
+    objective = distributed_objective(model, cfg, device) if dist else None
     steps_per_epoch = len(batch_indices(len(data.y_train), cfg.batch_size, drop_last=True))
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     rows, start, elapsed, rotate = [], 0, 0.0, True
@@ -347,6 +405,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
             rows, start, elapsed = state['history'], state['epoch'], state['train_seconds']
             if main and progress: print(f'resuming {folder.path} after epoch {start}/{cfg.epochs}')
     if main: folder.begin(cfg, mode)   # everything is validated: now the folder changes
+    logger = EpochLogger(cfg if main else dataclasses.replace(cfg, logger='none'), folder)
     # Progress: tqdm bars in a terminal; in a notebook (papermill) one printed line per epoch, since every bar
     # update would become a saved output there.
     bars = progress and main and sys.stderr.isatty()
@@ -355,7 +414,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
                       disable=not bars):
         t0, lr = time.time(), optimizer.param_groups[0]['lr']
         try: terms = train_epoch(model, data, cfg, optimizer, generator, epoch, progress, rank, world,
-                                 scheduler if per_batch(cfg) else None)
+                                 scheduler if per_batch(cfg) else None, objective=objective)
         except FloatingPointError as e:
             kept = f'the last good checkpoint is {folder.file(folder.RESUME)} (epoch {epoch})' if epoch else 'no checkpoint was written yet'
             raise FloatingPointError(f'{e}; training stopped, {kept}') from None
@@ -366,6 +425,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
         robust = {'test_pgd_acc': epoch_robust_accuracy(model, data, cfg, device)} if cfg.epoch_pgd_points else {}
         rows.append({'epoch': epoch + 1, 'lr': lr, **terms, **val, 'test_acc': test_acc, **robust, 'seconds': round(time.time() - t0, 2)})
         if lines: print(epoch_line(rows[-1], cfg.epochs), flush=True)
+        logger.log(rows[-1])
         if main and epoch == start and (warning := paper_on_cpu_warning(cfg, device, rows[-1]['seconds'])):
             warnings.warn(warning)
         elapsed += time.time() - t0
@@ -373,6 +433,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
             folder.save_epoch(training_state(model, optimizer, scheduler, epoch + 1, rows, elapsed, generator, cfg), rotate)
             rotate = True
         if dist: torch.distributed.barrier()
+    logger.close()
     history = pd.DataFrame(rows)
     if not main: return TrainResult(folder.path, model, history, {})
     checkpoint = {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
@@ -380,7 +441,8 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
                   'classes': list(data.classes)}
     metrics = {'dataset': cfg.dataset, 'method': cfg.method, 'head': cfg.head, 'arch': cfg.arch, 'width': cfg.width or DEFAULT_WIDTHS[cfg.arch],
                'preset': cfg.preset, 'epochs': cfg.epochs, 'n_train': len(data.y_train), **evaluate_metrics(model, data, cfg, progress=progress),
-               'train_seconds': round(elapsed, 2), 'device': str(device),
+               'train_seconds': round(elapsed, 2), 'device': str(device), 'precision': training_precision(cfg, device),
+               'compile_mode': cfg.compile_mode,
                **({'epoch_attack': epoch_attack(cfg, len(data.y_test))} if cfg.epoch_pgd_points else {}), 'processes': world, 'torch': torch.__version__,
                **validation_metrics(model, data, cfg, progress),
                'note': "advdpnp's reconstruction of Adv-DPNP; these are our numbers, not the paper's"}

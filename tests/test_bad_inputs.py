@@ -98,7 +98,7 @@ def cases(tmp: Path, run: Path, other: Path) -> list:
         Case('checkpoint', 'checkpoint of another dataset and architecture', lambda: load_run(foreign), CheckpointError,
              "was written by another run than"),
         Case('checkpoint', 'checkpoint that needs arbitrary unpickling', lambda: load_run(unsafe), CheckpointError, 'need arbitrary unpickling'),
-        Case('paper grid', "scale='huge'", lambda: build_grid('huge', out), ValueError, "scale='huge' is not valid; choose one of ['paper', 'cpu', 'micro']"),
+        Case('paper grid', "scale='huge'", lambda: build_grid('huge', out), ValueError, "scale='huge' is not valid; choose one of ['paper', 'gpu', 'cpu', 'micro']"),
         Case('paper grid', "methods=['madry']", lambda: build_grid('cpu', out, methods=['madry']), ValueError, 'choose a non-empty subset of'),
     ]
 
@@ -137,7 +137,7 @@ def test_the_case_list_is_complete(all_cases):
     ('train.ipynb', dict(dataset='digits', preset='smoke', method='madry'), "method='madry' is not valid; choose one of"),
     ('evaluate.ipynb', dict(run_dir='runs/x', corruptions='some'), "corruptions='some'; choose one of ['none', 'auto', 'official', 'generated']"),
     ('evaluate.ipynb', dict(run_dir='runs/x', n_eval=-5), 'n_eval=-5 must be a positive integer or None'),
-    ('paper.ipynb', dict(scale='huge'), "scale='huge' is not valid; choose one of ['paper', 'cpu', 'micro']"),
+    ('paper.ipynb', dict(scale='huge'), "scale='huge' is not valid; choose one of ['paper', 'gpu', 'cpu', 'micro']"),
 ])
 def test_notebook_parameters(tmp_path, notebook, parameters, message):
     if notebook != 'evaluate.ipynb': parameters = {'out_dir': str(tmp_path / 'runs'), **parameters}
@@ -158,3 +158,11 @@ if __name__ == '__main__':   # print every case and the message it gets
         for c in cases(d, run, other):
             try: c.call(); print(f'| {c.entry} | {c.what} | (no error!) |')
             except Exception as e: print(f'| {c.entry} | {c.what} | {type(e).__name__}: {str(e).replace(str(d), "<tmp>").splitlines()[0][:300]} |')
+
+
+def test_a_failed_download_leaves_no_folders(tmp_path):
+    "A misspelt data_dir with download=True: the error names the folder, and the folders the download made are gone."
+    from advdpnp.data import DatasetNotFoundError, load_torchvision
+    with pytest.raises(DatasetNotFoundError, match='data_dirr'):
+        load_torchvision('cifar10', tmp_path / 'typo' / 'data_dirr', download=True)   # offline: the download fails
+    assert not (tmp_path / 'typo').exists() and tmp_path.exists()

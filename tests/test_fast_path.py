@@ -91,3 +91,13 @@ def test_bf16_gradient_points_the_same_way(batches):
     cos = torch.nn.functional.cosine_similarity(*grads, dim=0).item()
     print(f'bf16 vs fp32 gradient cosine: {cos:.4f}')
     assert 0.95 < cos < 1.0                     # close (measured 0.969 on CPU), and bf16 really ran
+
+
+def test_compiled_step_matches_eager_on_cpu():
+    """4. compile_mode: torch.compile's default mode (the CPU's compiled path; CUDA graphs need a GPU) trains the same
+    steps as eager: the same PGD examples and losses over three steps, to fp32 rounding."""
+    from advdpnp.benchmark import compare_compiled, synthetic_data
+    cfg = RunConfig(method='pgd_at', width=4, batch_size=8, attack_steps=2)
+    r = compare_compiled(cfg, synthetic_data(48, (1, 8, 8)), 'cpu', mode='default', steps=3)
+    assert r['agree'], r
+    assert all(s['loss_rel_diff'] < 1e-4 and s['example_diff_eps'] < 1e-3 for s in r['steps']), r['steps']

@@ -76,7 +76,7 @@ def test_each_parameter_is_documented_once(root):
     assert all(params[f]['help'].startswith(helps[f]) for f in FIELDS)
 
 
-FIGURE_NOTEBOOKS = ['01_data', '02_models', '03_losses', '04_attacks', '05_train', '06_evaluate', '07_corruptions', '08_analysis']
+FIGURE_NOTEBOOKS = ['01_data', '02_models', '03_losses', '04_attacks', '05_train', '06_evaluate', '07_corruptions', '08_analysis', '09e_frontier']
 MAX_NOTEBOOK_KB = 400
 
 
