@@ -362,6 +362,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'advdpnp.foreign._split_spec': ('foreign.html#_split_spec', 'advdpnp/foreign.py'),
                                  'advdpnp.foreign._torchvision_builder': ('foreign.html#_torchvision_builder', 'advdpnp/foreign.py'),
                                  'advdpnp.foreign.build_architecture': ('foreign.html#build_architecture', 'advdpnp/foreign.py'),
+                                 'advdpnp.foreign.check_input_range': ('foreign.html#check_input_range', 'advdpnp/foreign.py'),
                                  'advdpnp.foreign.load_foreign_model': ('foreign.html#load_foreign_model', 'advdpnp/foreign.py'),
                                  'advdpnp.foreign.load_state_dict_from': ('foreign.html#load_state_dict_from', 'advdpnp/foreign.py'),
                                  'advdpnp.foreign.pyautoattack_example': ('foreign.html#pyautoattack_example', 'advdpnp/foreign.py'),

@@ -22,7 +22,7 @@ from .attacks import (NORMS, STEP_FRACTION, ThreatModel, correct_under_attack, e
                              pgd_attack, to_uint8_toward)
 from .config import DATASETS, PRESET_VALUES, name_problems
 from .data import balanced_subset, batch_indices, load_data, load_test_split, to_float
-from .foreign import load_foreign_model
+from .foreign import check_input_range, load_foreign_model
 from .models import DEFAULT_WIDTHS
 from .files import atomic_write, file_sha256, indices_sha256, json_sha256, read_json, write_json
 from .runs import CheckpointError, RunFolder, evaluation_request, load_run
@@ -647,6 +647,8 @@ def evaluate_foreign(spec: str, checkpoint, dataset: str, name: str | None = Non
     if problem := _autoattack_problem(attacks, options.autoattack_version, len(data.classes), dataset): raise ValueError(problem)
     model, info = load_foreign_model(spec, checkpoint, kwargs, state_key, mean, std, trust, len(data.classes),
                                      tuple(data.x_test.shape[1:]))
+    probe = balanced_subset(data.y_test, 512, seed)           # class-balanced: the test split may be sorted by class
+    check_input_range(model, data.x_test[probe], data.y_test[probe], spec)   # a model that expects other inputs stops here
     name = name or f'eval-{Path(checkpoint).stem}-{dataset}'
     linf_eps = eps if options.norm == 'Linf' else foreign_threat_model(dataset)[0]      # the folder's identity: its l-inf threat model
     description = {**info, 'name': name, 'dataset': dataset, 'data_dir': str(Path(data_dir).resolve()), 'n_test': n_test,

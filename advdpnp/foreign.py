@@ -27,7 +27,7 @@ from .runs import CheckpointError, load_checkpoint
 # %% auto #0
 __all__ = ['SPEC_FORMS', 'UNSAFE_HINT', 'STATE_DICT_KEYS', 'WRAPPER_PREFIXES', 'RANDOMIZED', 'ForeignModelError',
            'build_architecture', 'strip_wrapper_prefix', 'load_state_dict_from', 'load_foreign_model',
-           'pyautoattack_example']
+           'pyautoattack_example', 'check_input_range']
 
 # %% ../nbs/06b_foreign.ipynb #853fbcc4
 class ForeignModelError(ValueError):
@@ -336,3 +336,25 @@ def pyautoattack_example() -> tuple[str, Path] | None:
     checkpoint, architecture = Path(str(examples / 'model_test.pt')), Path(str(examples / 'resnet.py'))
     if not (checkpoint.is_file() and architecture.is_file()): return None
     return 'pyautoattack.examples.resnet:ResNet18', checkpoint
+
+# %% ../nbs/06b_foreign.ipynb #5df07fb2
+def check_input_range(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: str, n: int = 512, margin: float = 0.2,
+                      level: float = 0.001) -> dict:
+    "Stop with a ForeignModelError if `model` classifies standardised or 0-255 inputs clearly better than [0, 1] pixels (paired per point); the accuracies of the three."
+    from advdpnp.stats import paired_difference
+    x = images[:n].float() / 255 if images.dtype == torch.uint8 else images[:n].float()
+    y, dims = labels[:n], [d for d in range(x.ndim) if d != 1]
+    mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True).clamp_min(1e-6)
+    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device('cpu')
+    with torch.no_grad():
+        ok = {k: torch.cat([model(b.to(device)).argmax(1).cpu() == yb for b, yb in zip(v.split(256), y.split(256))])
+              for k, v in (('[0, 1]', x), ('standardised', (x - mean) / std), ('0-255', 255 * x))}
+    acc = {k: v.float().mean().item() for k, v in ok.items()}
+    for other, fix in (('standardised', "it expects normalised inputs: pass the mean= and std= it was trained with "
+                                         "(--mean/--std), and they are wrapped inside the model"),
+                       ('0-255', 'it expects 0-255 pixels: wrap it so that it takes [0, 1] pixels (multiply by 255 in its forward)')):
+        d = paired_difference(ok['[0, 1]'], ok[other], level)
+        if d['lower'] > margin:
+            raise ForeignModelError(f"spec={spec!r}: on {len(y)} test points the model is right on {100 * acc[other]:.1f} % of "
+                                    f"{other} inputs but on only {100 * acc['[0, 1]']:.1f} % of [0, 1] pixels; {fix}")
+    return {**acc, 'n': len(y)}

@@ -135,4 +135,4 @@ def test_an_error_in_the_notebook_is_one_line_with_the_traceback_in_the_log(else
     assert 'advdpnp evaluate: ValueError: --eps 2.0 must lie in [0, 1]\n' in err, err
     assert 'Traceback' not in err and 'PapermillExecutionError' not in err
     log = Path(re.search(r'the traceback is in (\S+);', err)[1])
-    assert log.parent == cwd / 'runs' / 'notebooks' and 'ValueError' in log.read_text() and 'evaluate_run' in log.read_text()
+    assert log.parent == cwd / 'runs' / 'notebooks' and 'ValueError' in log.read_text() and 'Traceback' in log.read_text()

@@ -30,7 +30,7 @@ def test_digits_smoke_run_writes_the_run_folder(root, tmp_path):
     config = json.loads((run / 'config.json').read_text())
     assert (config['epochs'], config['width'], config['preset']) == (2, 8, 'smoke')
     outputs = [o for c in nbformat.read(out, as_version=4).cells if c.cell_type == 'code' for o in c.outputs]
-    assert any('"clean_acc"' in o.get('text', '') for o in outputs)    # the metrics are shown ...
+    assert any('clean_acc' in o.get('data', {}).get('text/plain', '') for o in outputs)   # the metrics are shown ...
     assert any('image/png' in o.get('data', {}) for o in outputs)      # ... and the training curves
 
 
