@@ -28,13 +28,13 @@ readme: $(STAMP)
 check-sync: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash .ci/check_sync.sh
 
-# The notebooks' tests and every pytest test but the slow scenarios (about 5 min on 2 cores, after the install).
+# The notebooks' tests and every pytest test but the slow and SLURM ones (about 11 min on 2 idle cores, after the install).
 test: $(STAMP) check-sync
 	$(BIN)/nbdev-test --n-workers 2
 	@set +e; $(BIN)/python -m pytest -m 'not slow and not slurm' --junitxml=$(VENV)/pytest.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest.xml; exit $$status
 
-# The slow scenario tests: the paper notebook's micro grid, the demo's claims (about 5 min on 2 cores, after the install).
+# The slow scenario tests: the paper notebook's micro grid, the demo's claims (about 6 min on 2 idle cores, after the install).
 test-slow: $(STAMP)
 	@set +e; $(BIN)/python -m pytest -m slow --junitxml=$(VENV)/pytest-slow.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest-slow.xml; exit $$status
@@ -46,7 +46,7 @@ slurm-up:
 slurm-down:
 	bash .ci/slurm_up.sh down
 
-# The grid on a real SLURM (submitit): micro grid against a local run, requeue and resume, failures (about 5 min on 2 cores, after slurm-up).
+# The grid on a real SLURM (submitit): micro grid against a local run, requeue and resume, failures (about 3 min on 2 idle cores, after slurm-up).
 test-slurm: $(STAMP)
 	@set +e; $(BIN)/python -m pytest -m slurm tests/test_slurm.py --junitxml=$(VENV)/pytest-slurm.xml; status=$$?; \
 	  $(BIN)/python .ci/summary.py $(VENV)/pytest-slurm.xml; exit $$status
@@ -78,7 +78,7 @@ study-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/study.ipynb runs/study-cpu.ipynb -p scale cpu -p workers 2
 
-# Every table and figure at CPU scale (2 h 25 min on 2 cores, two runs at a time, bf16 training) into paper_figures/cpu/; a stopped run resumes.
+# Every table and figure at CPU scale (2 h 25 min on 2 cores with bf16 training on an AVX512-BF16 CPU, before the soundness reports were added) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
