@@ -183,7 +183,7 @@ def train_step(model, x, y, cfg: RunConfig, optimizer, objective=None):
     with autocast(cfg, x.device):
         x_adv = training_examples(model, x, y, cfg)   # input gradients only: no parameter gradient, nothing to synchronise
         model.train()
-        loss, terms = (objective or Objective(model, cfg))(x, y, x_adv)
+        loss, terms = objective(x, y, x_adv) if objective is not None else OBJECTIVES[cfg.method](model, x, y, x_adv, cfg)   # no module built per step
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
