@@ -597,6 +597,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'advdpnp.train.Objective.forward': ('train.html#objective.forward', 'advdpnp/train.py'),
                                'advdpnp.train.TrainResult': ('train.html#trainresult', 'advdpnp/train.py'),
                                'advdpnp.train._train': ('train.html#_train', 'advdpnp/train.py'),
+                               'advdpnp.train._trains_in_bf16': ('train.html#_trains_in_bf16', 'advdpnp/train.py'),
                                'advdpnp.train.as_batch': ('train.html#as_batch', 'advdpnp/train.py'),
                                'advdpnp.train.autocast': ('train.html#autocast', 'advdpnp/train.py'),
                                'advdpnp.train.average_buffers': ('train.html#average_buffers', 'advdpnp/train.py'),

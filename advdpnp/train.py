@@ -114,9 +114,14 @@ def training_precision(cfg: RunConfig, device, flags=None) -> dict:
     if cfg.amp == 'auto': return fp32("amp='auto' trains in fp32 on a CPU")
     return bf16(f"amp='native': {has}") if native else fp32(f"amp='native': {has}")
 
+@functools.lru_cache(maxsize=16)
+def _trains_in_bf16(amp: str, device: torch.device) -> bool:
+    "`training_precision`'s answer for `amp` on `device`, decided once (autocast is entered at every training step)."
+    return training_precision(RunConfig(amp=amp), device)['dtype'] == 'bf16'
+
 def autocast(cfg: RunConfig, device: torch.device):
     "The autocast context of `cfg.amp` on `device` (`training_precision`; a no-op for fp32)."
-    on = training_precision(cfg, device)['dtype'] == 'bf16'
+    on = _trains_in_bf16(cfg.amp, torch.device(device))
     return torch.autocast(device.type, dtype=torch.bfloat16) if on else nullcontext()
 
 def prepare_model(model, cfg: RunConfig):
