@@ -232,7 +232,10 @@ def _add_frontier(plan, methods, seeds_given, seeds, add, paths) -> None:
         for value in values:
             point = seeds if seeds_given is not None else f['seeds'] if math.isclose(value, default) else seeds[:1]
             overrides = frontier_overrides(spec, method, param, value)
-            ev = spec['eval'] if param != 'eps' or math.isclose(value, f['eval_eps']) else {**spec['eval'], 'eps': f['eval_eps']}
+            # the attacks of the main table on its points; no corruptions, features or soundness report (the frontier needs none;
+            # a point that is also a main-table run gets the main table's whole evaluation, merged in build_grid)
+            ev = _eval(spec['eval']['attacks'], spec['eval']['n_eval'], n_autoattack=spec['eval']['n_autoattack'])
+            if param == 'eps' and not math.isclose(value, f['eval_eps']): ev = {**ev, 'eps': f['eval_eps']}
             for seed in point:
                 add({'group': 'frontier', 'family': method, 'param': param, 'value': value},
                     f"{dataset}-{method}-{param}={value:.4g}-s{seed}", dataset, method, seed, overrides, ev)
