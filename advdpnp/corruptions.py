@@ -81,6 +81,14 @@ def read_cifar10c(folder, corruption: str, severity: int, indices=None):
 def _resource_filename(package: str, relative: str) -> str:
     return str(importlib.resources.files(package.split('.')[0]).joinpath(relative.lstrip('./')))
 
+class _SeededSkimage:
+    "scikit-image as imagecorruptions sees it, except that `util.random_noise` (impulse noise) draws its generator from NumPy's global one, which `generate_corruption` seeds; scikit-image >= 0.19 would start a fresh, unseeded generator on every call."
+    def __init__(self, sk): self._sk, self.util = sk, types.SimpleNamespace(random_noise=self.random_noise)
+    def __getattr__(self, name): return getattr(self._sk, name)
+    def random_noise(self, image, **kwargs):
+        kwargs.setdefault('rng', int(np.random.randint(2**31)))
+        return self._sk.util.random_noise(image, **kwargs)
+
 def load_imagecorruptions():
     "Import imagecorruptions with the compatibility fixes for NumPy 2, SciPy and scikit-image applied."
     if 'pkg_resources' not in sys.modules:
@@ -100,6 +108,7 @@ def load_imagecorruptions():
             return gaussian(image, sigma=sigma, **kwargs)
         gaussian_compat._advdpnp_compat = True
         module.gaussian = gaussian_compat
+    if not isinstance(module.sk, _SeededSkimage): module.sk = _SeededSkimage(module.sk)
     return imagecorruptions
 
 # %% ../nbs/07_corruptions.ipynb #3d521055
