@@ -14,7 +14,7 @@ from .stats import correlated_mean_se, difference_interval, mean_over_seeds, nor
 
 # %% auto #0
 __all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'POINT_COLUMNS', 'PAIRED_COLUMNS',
-           'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'points_key',
+           'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'overall_verdict', 'points_key',
            'per_point_correct', 'run_point_records', 'paired_mean_difference', 'resample_counts', 'accuracy_statistic',
            'ratio_statistic', 'bootstrap_sides', 'bootstrap_interval', 'paired_claim_differences', 'claim_verdicts']
 
@@ -92,7 +92,7 @@ def _compare(a: pd.Series, b: pd.Series, col: str, level: float = 0.95, paired: 
     return {'difference': d['difference'], 'low': shown['low'], 'high': shown['high'], 'interval': how,
             'unpaired low': d['low'], 'unpaired high': d['high']}
 
-def _overall(verdicts: list, expected: int) -> str:
+def overall_verdict(verdicts: list, expected: int) -> str:
     "A contradiction decides; support needs every expected comparison (a missing defence leaves the claim open)."
     if not verdicts: return NO_DATA
     if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
@@ -281,7 +281,7 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
         missing = [o for o in against if o not in done] if claim != c4 and len(done) < expected else []
         rows.append({'claim': claim, 'comparison': 'overall',
                      'statistic': f'{len(done)} of {expected} comparison(s)' + (f"; missing: {', '.join(missing)}" if missing else ''),
-                     'verdict': _overall(list(done.values()), expected)})
+                     'verdict': overall_verdict(list(done.values()), expected)})
     out = pd.DataFrame(rows).sort_values('claim', kind='stable').reset_index(drop=True)
     if 'n' in out: out['n'] = out['n'].astype('Int64')   # counts (points, or seeds for claim 4) print as 1000, not 1000.00
     return out.rename(columns={method: f'{method} (mean over seeds)'})

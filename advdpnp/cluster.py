@@ -21,7 +21,7 @@ import submitit
 from submitit.core.utils import DelayedSubmission, pickle_load
 from submitit.slurm.slurm import read_job_id
 
-from .grid import Grid, _papermill, _run_one, repo_root, run_state
+from .grid import Grid, execute_papermill, run_one, repo_root, run_state
 from .runs import CheckpointError, RunFolder, load_checkpoint
 
 # %% auto #0
@@ -194,15 +194,15 @@ def _watch_sigterm() -> list:
     return got
 
 class GridJob:
-    "One run of a grid as a submitit job: train, then evaluate, into its run folder (`_run_one`); requeued on SLURM's time-limit or preemption signal."
-    def __init__(self, grid: Grid, name: str, root, threads: int, execute=_papermill):
+    "One run of a grid as a submitit job: train, then evaluate, into its run folder (`run_one`); requeued on SLURM's time-limit or preemption signal."
+    def __init__(self, grid: Grid, name: str, root, threads: int, execute=execute_papermill):
         self.grid, self.name, self.root, self.threads, self.execute = grid, name, Path(root), threads, execute
 
     def __call__(self) -> dict:
         run, folder = self.grid.runs[self.name], RunFolder(self.grid.run_dir(self.name))
         attempt, after, stopped = int(os.environ.get('SLURM_RESTART_COUNT', 0)) + 1, resume_epoch(folder), _watch_sigterm()
         print(f'{self.name}: start {attempt}' + (f', resuming after epoch {after}' if after else ''), flush=True)
-        try: row = _run_one(self.grid, run, run_state(self.grid, run), self.root, self.grid.out_dir / 'notebooks', self.execute, self.threads)
+        try: row = run_one(self.grid, run, run_state(self.grid, run), self.root, self.grid.out_dir / 'notebooks', self.execute, self.threads)
         except Exception as e:
             if not stopped: raise
             # SLURM stopped the job (its notebook's kernel got the SIGTERM too): no error result, which a next start would contradict

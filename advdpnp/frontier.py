@@ -13,7 +13,7 @@ import pandas as pd
 import seaborn as sns
 from scipy.interpolate import PchipInterpolator
 
-from .claims import (NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, _overall, accuracy_statistic, bootstrap_interval,
+from .claims import (NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, overall_verdict, accuracy_statistic, bootstrap_interval,
                             bootstrap_sides, per_point_correct, points_key)
 from .stats import mean_over_seeds, standard_error
 
@@ -161,7 +161,7 @@ def frontier_verdicts(records: list, reference: float | None = None, against=FAM
             rows.append(row)
     missing = [FAMILY_LABELS.get(f, f) for f in against if f not in decided]
     rows.append({'family': 'overall', 'point': f'{len(decided)} of {len(against)} famil{"y" if len(against) == 1 else "ies"}'
-                 + (f"; missing: {', '.join(missing)}" if missing else ''), 'verdict': _overall(list(decided.values()), len(against))})
+                 + (f"; missing: {', '.join(missing)}" if missing else ''), 'verdict': overall_verdict(list(decided.values()), len(against))})
     return pd.DataFrame(rows)
 
 # %% ../nbs/09e_frontier.ipynb #646a55b5

@@ -23,7 +23,7 @@ from .runs import RunFolder, evaluation_request
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'GPU_EPOCHS', 'SCALE_PLANS',
            'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'EXECUTORS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval',
            'cifar10_source', 'build_grid', 'frontier_overrides', 'select_parts', 'GridConflictError', 'run_config',
-           'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'run_grid']
+           'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'execute_papermill', 'run_one', 'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
 SCALES = ('paper', 'gpu', 'cpu', 'micro')
@@ -295,12 +295,14 @@ def repo_root(start=None) -> Path:
         if (d / 'nbs' / 'train.ipynb').exists(): return d
     raise FileNotFoundError(f'nbs/train.ipynb not found from {start}: run from the advdpnp repository or its nbs/ folder')
 
-def _papermill(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+def execute_papermill(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
+    "Run `notebook` with `parameters` into `output` (working directory `cwd`): how a grid runs train.ipynb and evaluate.ipynb."
     import papermill
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
                                kernel_name='python3', progress_bar=False)
 
-def _run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, execute, threads: int) -> dict:
+def run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, execute, threads: int) -> dict:
+    "Train `run` unless `state` says it is trained (a partial run resumes), then evaluate it unless its evaluation is there; one row: what was done, seconds."
     did, t0 = [], datetime.datetime.now()
     extra = {'threads': threads} if threads else {}
     if not state['trained']:
@@ -319,7 +321,7 @@ def _run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, ex
 
 EXECUTORS = ('local', 'slurm')
 
-def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, workers: int = 1,
+def run_grid(grid: Grid, root=None, progress: bool = True, execute=execute_papermill, workers: int = 1,
              executor: str = 'local', slurm=None) -> pd.DataFrame:
     "Train and evaluate every run of `grid` that is not done yet: here `workers` runs at a time, or with executor='slurm' one SLURM job per run (`09d_cluster.run_grid_slurm`; `slurm`: SlurmOptions or a dict of its fields); one row per run with what was done."
     if executor not in EXECUTORS: raise ValueError(f'executor={executor!r} is not valid; choose one of {list(EXECUTORS)}')
@@ -338,6 +340,6 @@ def run_grid(grid: Grid, root=None, progress: bool = True, execute=_papermill, w
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0
     todo = [(grid.runs[n], states[n]) for n in grid.runs]
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_run_one, grid, run, state, root, nb_dir, execute, threads) for run, state in todo]
+        futures = [pool.submit(run_one, grid, run, state, root, nb_dir, execute, threads) for run, state in todo]
         for _ in tqdm(as_completed(futures), total=len(futures), desc=f'{grid.scale} grid', disable=not progress): pass
     return pd.DataFrame([f.result() for f in futures])   # grid order; the first failure is raised here
