@@ -210,7 +210,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     for param, values in plan['sweeps'].items():
         for value in values:
             add({'group': 'sweep', 'param': param, 'value': value}, f"{study['dataset']}-adv_dpnp-{param}={value}-s{s0}",
-                study['dataset'], 'adv_dpnp', s0, {**study['overrides'], **sweep_overrides(param, value)}, None)
+                study['dataset'], 'adv_dpnp', s0, {**study['overrides'], **sweep_overrides(param, value)}, study['eval'])
     if 'frontier' in plan: _add_frontier(plan, methods, seeds_given, seeds, add, paths)
     return grid
 

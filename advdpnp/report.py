@@ -524,13 +524,13 @@ def write_ablation_and_sensitivity(out: Artifacts, results: pd.DataFrame) -> Non
                   '95 % interval ± 1.96 SE)', abl['run'])
     sens = sensitivity_frame(results)
     if len(sens):
-        deltas = paired_columns(out.grid, sens['run'], full, ('clean', 'PGD-20'), ' (evaluation)').set_axis(sens.index)
+        deltas = paired_columns(out.grid, sens['run'], full, PAIRED_MEASURES, ' (evaluation)').set_axis(sens.index)
         sens = sens.join(deltas)
-        paired = ('; Δ (evaluation): where a sweep run was also evaluated (it equals an ablation variant), its clean and PGD-20 '
-                  'accuracy minus the default\'s (the full run) on the evaluation\'s test points ± paired SE') if len(deltas.columns) else ''
+        paired = ('; Δ (evaluation): the point\'s clean, PGD-20 and AutoAttack accuracy minus the defaults\' (the full run) '
+                  'on the evaluation\'s test points ± paired SE (blank: the defaults themselves, or a run without an evaluation)') if len(deltas.columns) else ''
         out.table(sens, 'sensitivity', 'Sensitivity of Adv-DPNP: clean and PGD accuracy (%) measured at the end of training '
-                  '(the PGD of `metrics.json`) on all n_test test images ± binomial SE; no AutoAttack; metrics.json keeps no '
-                  f'per-point record, so differences between these values cannot be paired{paired}', sens['run'], index=False)
+                  '(the PGD of `metrics.json`) on all n_test test images ± binomial SE; metrics.json keeps no per-point record, '
+                  f'so differences between these two columns cannot be paired{paired}', sens['run'], index=False)
         sweep = results[results['group'] == 'sweep']
         cfg0 = RunFolder(out.grid.run_dir(sweep['run'].iloc[0])).config()
         title = (f'Adv-DPNP sensitivity on {dataset_label(cfg0.dataset)}, eps = {cfg0.eps:.4g}, PGD-{cfg0.eval_steps}, '

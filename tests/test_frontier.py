@@ -194,6 +194,7 @@ def test_ablation_and_sensitivity_pair_runs_on_shared_points(tmp_path):
     assert 'paired SE' in (tmp_path / 'figures' / 'ablation.md').read_text()
     sens = pd.read_csv(tmp_path / 'figures' / 'sensitivity.csv').set_index(['param', 'value'])
     assert sens.loc[('beta', 0.0), 'Δ clean (evaluation)'] == pytest.approx(6.0)                      # the no_consistency run
+    assert sens.loc[('beta', 0.0), 'Δ AutoAttack (evaluation)'] == pytest.approx(-6.0)
     assert sens.loc[[('beta', 3.0), ('alpha', 1.0)], 'Δ clean (evaluation)'].isna().all()           # the default; no evaluation
     assert 'cannot be paired' in (tmp_path / 'figures' / 'sensitivity.md').read_text()
 
