@@ -1,5 +1,6 @@
 "Project plumbing: packaging files agree, notebooks keep what papermill needs, README is generated."
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,27 @@ def test_every_component_notebook_exports_its_module(root):
         first = nbformat.read(path, as_version=4).cells[0].source
         module = first.split('default_exp')[1].strip()
         assert (root / 'advdpnp' / f'{module}.py').exists(), path.name
+
+
+QUOTED = re.compile(r'(?<![\d.])(\d+\.\d) ± (\d+\.\d)(?!\d)')
+
+
+def quoted_cpu_results(root: Path) -> list:
+    "(file, 'a ± b') of every accuracy quoted in prose about the CPU table: a notebook's paragraph that names `paper_figures/cpu/`, and paper_figures/README.md's section on `cpu/` (format examples in backticks aside)."
+    texts = []
+    for path in sorted((root / 'nbs').glob('*.ipynb')):
+        for cell in json.loads(path.read_text())['cells']:
+            if cell['cell_type'] == 'markdown':
+                texts += [(path.name, p) for p in re.split(r'\n\s*\n', ''.join(cell['source'])) if 'paper_figures/cpu' in p]
+    readme = (root / 'paper_figures' / 'README.md').read_text()
+    texts += [('paper_figures/README.md', s) for s in re.split(r'\n(?=#+ )', readme) if s.startswith('#') and '(`cpu/`)' in s.splitlines()[0]]
+    return [(name, m.group(0)) for name, text in texts for m in QUOTED.finditer(re.sub(r'`[^`\n]*`', '', text))]
+
+
+def test_quoted_cpu_results_are_the_committed_ones(root):
+    "Numbers quoted about the CPU table are in its committed tables: regenerating paper_figures/cpu/ makes stale prose fail here."
+    quoted = quoted_cpu_results(root)
+    assert len({n for n, _ in quoted}) >= 2, quoted     # 02_models and paper_figures/README.md quote it: the test is not vacuous
+    committed = {m.group(0) for p in (root / 'paper_figures' / 'cpu').glob('*.md') for m in QUOTED.finditer(p.read_text())}
+    stale = sorted({q for q in quoted if q[1] not in committed})
+    assert not stale, f'quoted but not in paper_figures/cpu/*.md (update the prose): {stale}'
