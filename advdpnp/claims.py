@@ -10,13 +10,13 @@ import pandas as pd
 import torch
 
 from .analysis import angle_summary, feature_metrics, pairwise_angles
-from .stats import correlated_mean_se, difference_interval, mean_over_seeds, normal_interval
+from .stats import (accuracy_statistic, bootstrap_interval, bootstrap_sides, correlated_mean_se, difference_interval,
+                           mean_over_seeds, normal_interval, resample_counts)
 
 # %% auto #0
 __all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'POINT_COLUMNS', 'PAIRED_COLUMNS',
            'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'overall_verdict', 'points_key',
-           'per_point_correct', 'run_point_records', 'paired_mean_difference', 'resample_counts', 'accuracy_statistic',
-           'ratio_statistic', 'bootstrap_sides', 'bootstrap_interval', 'paired_claim_differences', 'claim_verdicts']
+           'per_point_correct', 'run_point_records', 'ratio_statistic', 'paired_claim_differences', 'claim_verdicts']
 
 # %% ../nbs/09c_claims.ipynb #243641cd
 DEFENCES = ('pgd_at', 'trades', 'mart')
@@ -132,31 +132,7 @@ def run_point_records(method: str, seed: int, evaluation: dict | None = None, fe
                       labels=np.asarray(arrays['labels']))
     return record
 
-def paired_mean_difference(a, b) -> dict:
-    "acc(b) - acc(a) (%) on the points both saw (nan: not seen), its paired SE sd(b_i - a_i) / sqrt(n), and that n."
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    seen = ~(np.isnan(a) | np.isnan(b))
-    d = b[seen] - a[seen]
-    if not len(d): return {'difference': np.nan, 'SE': np.nan, 'n': 0}
-    return {'difference': 100 * d.mean(), 'SE': 100 * d.std() / np.sqrt(len(d)), 'n': int(len(d))}
-
 # %% ../nbs/09c_claims.ipynb #77f25782
-def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
-    "How often each of `n` points occurs in each row of resampled positions `idx` (B, m): (B, n)."
-    rows = np.arange(len(idx))[:, None] * n
-    return np.bincount((idx + rows).ravel(), minlength=len(idx) * n).reshape(len(idx), n).astype(float)
-
-def accuracy_statistic(correct: np.ndarray):
-    "Accuracy (%) on each row of resampled point positions over the points the attack saw; `correct` (n,) or (m, n): rows (B,) or (B, m)."
-    correct = np.asarray(correct, dtype=float)
-    seen = ~np.isnan(correct)
-    right = np.where(seen, correct, 0.0)
-    def statistic(idx: np.ndarray) -> np.ndarray:
-        counts = resample_counts(idx, correct.shape[-1])
-        with np.errstate(invalid='ignore'):
-            return 100 * (counts @ right.T) / (counts @ seen.T)      # nan where a row saw no point
-    return statistic
-
 def ratio_statistic(features: np.ndarray, labels: np.ndarray, num_classes: int):
     "The intra/inter ratio of `feature_metrics` on each row of resampled point positions, all rows at once."
     f, y = np.asarray(features, dtype=float), np.asarray(labels)
@@ -177,32 +153,6 @@ def ratio_statistic(features: np.ndarray, labels: np.ndarray, num_classes: int):
         distances, upper = np.sqrt(np.clip(squared, 0, None)), np.triu_indices(means.shape[1], 1)
         return intra / idx.shape[1] / np.nanmean(distances[:, upper[0], upper[1]], axis=1)
     return statistic
-
-# %% ../nbs/09c_claims.ipynb #593c7cb9
-def bootstrap_sides(sides: dict, draws: int = 2000, seed: int = 0, paired: bool = True) -> dict:
-    "name -> (estimate, replicates) of each side's mean over its seeds of a per-seed statistic; `sides`: name -> {seed: (points key, n, statistic)}."
-    rng, point_draws, seed_draws, out = np.random.default_rng(seed), {}, {}, {}
-    for name, runs in sides.items():
-        seeds = tuple(sorted(runs))
-        estimates, replicates = [], []
-        for s in seeds:
-            key, n, statistic = runs[s]
-            k = key if paired else (name, s)      # paired: every run on these points sees the same resampled points
-            if k not in point_draws: point_draws[k] = rng.integers(0, n, (draws, n))
-            estimates.append(statistic(np.arange(n)[None])[0])
-            replicates.append(statistic(point_draws[k]))
-        t = seeds if paired else (name,)          # paired: the sides that ran the same seeds draw the same seeds
-        if t not in seed_draws: seed_draws[t] = rng.integers(0, len(seeds), (draws, len(seeds)))
-        picked = np.stack(replicates)[seed_draws[t], np.arange(draws)[:, None]]   # (B, k, ...)
-        out[name] = (np.mean(estimates, axis=0), picked.mean(axis=1))
-    return out
-
-def bootstrap_interval(replicates, level: float = 0.95) -> tuple:
-    "The percentile interval (low, high) at `level` of bootstrap replicates; a nan replicate counts as -inf for low and +inf for high."
-    r, tail = np.asarray(replicates, dtype=float), (1 - level) / 2
-    low = np.quantile(np.where(np.isnan(r), -np.inf, r), tail, method='inverted_cdf')
-    high = np.quantile(np.where(np.isnan(r), np.inf, r), 1 - tail, method='inverted_cdf')
-    return float(low), float(high)
 
 # %% ../nbs/09c_claims.ipynb #9694b333
 PAIRED_COLUMNS = ('clean', 'AutoAttack', 'ratio clean', 'ratio pgd')

@@ -21,15 +21,15 @@ import submitit
 from submitit.core.utils import DelayedSubmission, pickle_load
 from submitit.slurm.slurm import read_job_id
 
-from .grid import Grid, execute_papermill, run_one, repo_root, run_state
+from .grid import Grid, execute_papermill, repo_root, run_grid, run_one, run_state
 from .runs import CheckpointError, RunFolder, load_checkpoint
 
 # %% auto #0
-__all__ = ['MANAGED_SBATCH', 'SIGNAL_MARGIN_S', 'RUNNING_STATES', 'SLURM_COMMANDS', 'JOB_STATES', 'SlurmOptions',
+__all__ = ['MANAGED_SBATCH', 'SIGNAL_MARGIN_S', 'RUNNING_STATES', 'SLURM_COMMANDS', 'JOB_STATES', 'EXECUTORS', 'SlurmOptions',
            'SlurmOptionsError', 'SlurmError', 'slurm_options', 'parse_slurm_time', 'slurm_partitions', 'sbatch_extra',
            'check_slurm_options', 'resume_epoch', 'GridJob', 'queued_states', 'job_result', 'accounted_state',
            'failure_report', 'missing_slurm_commands', 'state_line', 'SlurmGridError', 'GridSubmission', 'submit_grid',
-           'grid_table', 'watch_grid', 'run_grid_slurm']
+           'grid_table', 'watch_grid', 'run_grid_slurm', 'run_grid_on']
 
 # %% ../nbs/09d_cluster.ipynb #30482d8f
 @dataclass
@@ -364,3 +364,14 @@ def watch_grid(sub: GridSubmission, progress: bool = True, poll_s: float = 10.0,
 def run_grid_slurm(grid: Grid, options=None, root=None, progress: bool = True, folder=None, poll_s: float = 10.0) -> pd.DataFrame:
     "Train and evaluate every run of `grid` that is not done, one SLURM job each (`submit_grid`), and wait for them (`watch_grid`)."
     return watch_grid(submit_grid(grid, options, root, folder), progress, poll_s)
+
+EXECUTORS = ('local', 'slurm')
+
+def run_grid_on(grid: Grid, executor: str = 'local', workers: int = 1, slurm=None, root=None, progress: bool = True) -> pd.DataFrame:
+    "Train and evaluate every run of `grid` that is not done: here `workers` runs at a time (`run_grid`), or with executor='slurm' one SLURM job per run (`run_grid_slurm`; `slurm`: SlurmOptions or a dict of its fields); one row per run with what was done."
+    if executor not in EXECUTORS: raise ValueError(f'executor={executor!r} is not valid; choose one of {list(EXECUTORS)}')
+    if executor == 'local':
+        if slurm is not None: raise ValueError("SLURM options were given with executor='local': pass executor='slurm' to use them")
+        return run_grid(grid, root, progress, workers=workers)
+    if workers != 1: raise ValueError(f"workers={workers!r} is for executor='local': on SLURM each run is a job (slurm_array_parallelism limits how many run at once)")
+    return run_grid_slurm(grid, slurm, root, progress)

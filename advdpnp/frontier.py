@@ -13,9 +13,8 @@ import pandas as pd
 import seaborn as sns
 from scipy.interpolate import PchipInterpolator
 
-from .claims import (NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, overall_verdict, accuracy_statistic, bootstrap_interval,
-                            bootstrap_sides, per_point_correct, points_key)
-from .stats import mean_over_seeds, standard_error
+from .claims import NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, overall_verdict, per_point_correct, points_key
+from .stats import accuracy_statistic, bootstrap_interval, bootstrap_sides, mean_over_seeds, standard_error
 
 # %% auto #0
 __all__ = ['FAMILIES', 'METHOD', 'FAMILY_LABELS', 'KNOB_NAMES', 'TABLE_MEASURES', 'knob_label', 'seeds_label', 'frontier_record',

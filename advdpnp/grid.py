@@ -21,7 +21,7 @@ from .runs import RunFolder, evaluation_request
 
 # %% auto #0
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'GPU_EPOCHS', 'SCALE_PLANS',
-           'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'EXECUTORS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval',
+           'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval',
            'cifar10_source', 'build_grid', 'frontier_overrides', 'select_parts', 'GridConflictError', 'run_config',
            'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'execute_papermill', 'run_one', 'run_grid']
 
@@ -319,17 +319,8 @@ def run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, exe
     return {'run': run.name, 'done': '+'.join(did) or 'skipped (already done)',
             'seconds': round((datetime.datetime.now() - t0).total_seconds(), 1)}
 
-EXECUTORS = ('local', 'slurm')
-
-def run_grid(grid: Grid, root=None, progress: bool = True, execute=execute_papermill, workers: int = 1,
-             executor: str = 'local', slurm=None) -> pd.DataFrame:
-    "Train and evaluate every run of `grid` that is not done yet: here `workers` runs at a time, or with executor='slurm' one SLURM job per run (`09d_cluster.run_grid_slurm`; `slurm`: SlurmOptions or a dict of its fields); one row per run with what was done."
-    if executor not in EXECUTORS: raise ValueError(f'executor={executor!r} is not valid; choose one of {list(EXECUTORS)}')
-    if executor == 'slurm':
-        if workers != 1: raise ValueError(f"workers={workers!r} is for executor='local': on SLURM each run is a job (slurm_array_parallelism limits how many run at once)")
-        from advdpnp.cluster import run_grid_slurm     # cluster builds on this module: imported when used
-        return run_grid_slurm(grid, slurm, root, progress)
-    if slurm is not None: raise ValueError("SLURM options were given with executor='local': pass executor='slurm' to use them")
+def run_grid(grid: Grid, root=None, progress: bool = True, execute=execute_papermill, workers: int = 1) -> pd.DataFrame:
+    "Train and evaluate here every run of `grid` that is not done yet, `workers` runs at a time; one row per run with what was done (on SLURM: `run_grid_on` of `09d_cluster`)."
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f'workers={workers!r} must be a positive integer (runs trained at the same time)')
     root = repo_root(root)

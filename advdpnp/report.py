@@ -17,8 +17,8 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from .analysis import plot_angles, plot_tsne, tsne_frame
-from .claims import (DEFENCES, claim_inputs, claim_verdicts, paired_claim_differences, paired_mean_difference,
-                            per_point_correct, run_claim_inputs, run_point_records)
+from .claims import (DEFENCES, claim_inputs, claim_verdicts, paired_claim_differences, per_point_correct,
+                            run_claim_inputs, run_point_records)
 from .config import make_config
 from .evaluate import model_card
 from .files import atomic_write, write_json
@@ -26,7 +26,7 @@ from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_r
                               frontier_verdicts, plot_frontier, reference_value)
 from .grid import Grid, grid_evaluation, grid_request
 from .runs import RunFolder, robust_key
-from .stats import correlated_mean_se, mean_over_seeds, standard_error
+from .stats import correlated_mean_se, mean_over_seeds, paired_mean_difference, standard_error
 
 # %% auto #0
 __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'DATASET_LABELS', 'PAIRED_MEASURES',

@@ -94,8 +94,11 @@ def test_tables_agree_with_the_run_folders(micro):
         m = read(runs / r['run'] / 'metrics.json')
         assert math.isclose(r['clean'], 100 * m['clean_acc'], abs_tol=1e-9) and r['n_test'] == m['n_test']
         assert read(runs / r['run'] / 'config.json')['alpha'] == (r['value'] if r['param'] == 'alpha' else 5.0)
+    own = sens['run'] != 'digits-adv_dpnp-full-s0'   # every sweep point is evaluated: paired against the defaults, blank for them
+    assert sens.loc[own, 'Δ AutoAttack (evaluation)'].notna().all() and sens.loc[~own, 'Δ AutoAttack (evaluation)'].isna().all()
     board = pd.read_csv(figures / 'leaderboard.csv')
-    assert len(board) == 9 and set(board['run']) == {p.parent.parent.name for p in evaluation_files(runs)}
+    evaluated = {p.parent.parent.name for p in evaluation_files(runs)}   # six methods, three ablations, three sweep points of their own
+    assert len(board) == len(evaluated) == 6 + 3 + 3 and set(board['run']) == evaluated
     for _, part in board.groupby('dataset'):   # sorted by AutoAttack within a dataset
         assert list(part['AutoAttack']) == sorted(part['AutoAttack'], reverse=True)
     assert set(board['dataset']) == {'CIFAR-10, JPEG copy', 'digits (scikit-learn, 8x8)'}
@@ -114,7 +117,7 @@ def test_tables_agree_with_the_run_folders(micro):
 def test_a_second_pass_skips_every_run(micro):
     stamps = {p: p.stat().st_mtime_ns for p in (micro / 'runs').glob('*/metrics.json')}
     evals = {p: p.stat().st_mtime_ns for p in evaluation_files(micro / 'runs')}
-    assert len(stamps) == 12 and len(evals) == 9
+    assert len(stamps) == 12 and len(evals) == 12   # six methods, three ablations, three sweep points of their own: all evaluated
     run_paper(micro, 'paper-again.ipynb')
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p: p.stat().st_mtime_ns for p in evals} == evals
