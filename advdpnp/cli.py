@@ -26,11 +26,11 @@ from .config import (
     AMP_MODES, ARCHS, DATASETS, FIELDS, METHODS, PRESET_VALUES, ConfigError, closest, make_config, parse_fraction)
 
 # %% auto #0
-__all__ = ['COMMANDS', 'PATH_DEFAULTS', 'KERNEL_IN_CHECKOUT', 'CLI_OPTIONS', 'REQUIRED', 'QUIET_KERNEL', 'notebooks_dir',
-           'papermill_logging', 'parameter_line', 'notebook_parameters', 'parse_value', 'module_constant',
-           'parameter_choices', 'check_choice', 'check_device', 'auto_or_count', 'option_type', 'is_path_parameter',
-           'absolute_path', 'absolute_model_spec', 'absolute_parameters', 'option_help', 'build_parser', 'CliError',
-           'Skipped', 'cli_syntax', 'require_explicit', 'notebook_defaults', 'train_config', 'check_run_folder', 'Job',
+__all__ = ['COMMANDS', 'PATH_DEFAULTS', 'KERNEL_IN_CHECKOUT', 'CLI_OPTIONS', 'REQUIRED', 'notebooks_dir', 'papermill_logging',
+           'parameter_line', 'notebook_parameters', 'parse_value', 'module_constant', 'parameter_choices',
+           'check_choice', 'check_device', 'auto_or_count', 'option_type', 'is_path_parameter', 'absolute_path',
+           'absolute_model_spec', 'absolute_parameters', 'option_help', 'build_parser', 'CliError', 'Skipped',
+           'cli_syntax', 'require_explicit', 'notebook_defaults', 'train_config', 'check_run_folder', 'Job',
            'check_evaluation_target', 'result_folder', 'prepare', 'Tee', 'AutoAttackProgress', 'failure_traceback',
            'error_line', 'execute', 'format_table', 'attack_settings', 'training_summary', 'evaluation_request_of',
            'soundness_lines', 'evaluation_summary', 'summary', 'main']
@@ -348,8 +348,6 @@ def prepare(command: str, given: dict, params: dict, cwd, output: str | None = N
     return Job(command, parameters, values, notebooks_dir().parent if command in KERNEL_IN_CHECKOUT else Path(cwd), folder, output)
 
 # %% ../nbs/11_cli.ipynb #31a6c3c3
-QUIET_KERNEL = ['--IPKernelApp.log_level=CRITICAL']   # ipykernel's own log: its TCP warning, the KeyboardInterrupt of its shutdown
-
 class Tee:
     "A file-like object that writes to several streams (the terminal, the log), flushing each write: lines appear as they come."
     def __init__(self, *streams):
@@ -425,6 +423,7 @@ def error_line(error: BaseException, names=()) -> str:
 def execute(job: Job, verbose: bool = False) -> None:
     "Run the job's notebook in a kernel, its stdout and stderr streamed to the terminal and the log; a failure's traceback goes to the log."
     import papermill
+    from advdpnp.grid import QUIET_KERNEL   # how every notebook of advdpnp runs: without the kernel's own log
     job.output.parent.mkdir(parents=True, exist_ok=True)
     with open(job.log, 'w', encoding='utf-8') as log:
         log.write(f'advdpnp {job.command}: nbs/{COMMANDS[job.command]} -> {job.output}\nparameters: {json.dumps(job.parameters)}\n')

@@ -21,9 +21,10 @@ from .runs import RunFolder, evaluation_request
 
 # %% auto #0
 __all__ = ['SCALES', 'ABLATIONS', 'SWEEPS', 'ALL_ATTACKS', 'CPU_RECIPE', 'CPU_HEAD', 'GPU_EPOCHS', 'SCALE_PLANS',
-           'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'sweep_overrides', 'GridRun', 'Grid', 'merge_eval',
-           'cifar10_source', 'build_grid', 'frontier_overrides', 'select_parts', 'GridConflictError', 'run_config',
-           'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'execute_papermill', 'run_one', 'run_grid']
+           'CIFAR10_LABELS', 'PARTS', 'DEFAULT_PARTS', 'QUIET_KERNEL', 'sweep_overrides', 'GridRun', 'Grid',
+           'merge_eval', 'cifar10_source', 'build_grid', 'frontier_overrides', 'select_parts', 'GridConflictError',
+           'run_config', 'run_state', 'grid_request', 'grid_evaluation', 'repo_root', 'execute_papermill', 'run_one',
+           'run_grid']
 
 # %% ../nbs/09a_grid.ipynb #c6ad1baf
 SCALES = ('paper', 'gpu', 'cpu', 'micro')
@@ -295,11 +296,13 @@ def repo_root(start=None) -> Path:
         if (d / 'nbs' / 'train.ipynb').exists(): return d
     raise FileNotFoundError(f'nbs/train.ipynb not found from {start}: run from the advdpnp repository or its nbs/ folder')
 
+QUIET_KERNEL = ['--IPKernelApp.log_level=CRITICAL']   # ipykernel's own log: its TCP warning, the KeyboardInterrupt of its shutdown
+
 def execute_papermill(notebook: Path, output: Path, parameters: dict, cwd: Path) -> None:
     "Run `notebook` with `parameters` into `output` (working directory `cwd`): how a grid runs train.ipynb and evaluate.ipynb."
     import papermill
     papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
-                               kernel_name='python3', progress_bar=False)
+                               kernel_name='python3', progress_bar=False, extra_arguments=QUIET_KERNEL)
 
 def run_one(grid: Grid, run: GridRun, state: dict, root: Path, nb_dir: Path, execute, threads: int) -> dict:
     "Train `run` unless `state` says it is trained (a partial run resumes), then evaluate it unless its evaluation is there; one row: what was done, seconds."
