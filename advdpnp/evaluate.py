@@ -338,7 +338,8 @@ def soundness_report(model, images, labels, eps: float, step: float | None = Non
                      level: float = 0.001, tol: float = 0.0, margin_tol: float = 0.05, zero_tol: float = 0.01,
                      square_queries: int = 1000, n_square: int = 200, autoattack_flags=None, seed: int = 0,
                      progress: bool = True, norm: str = 'Linf') -> dict:
-    "Run the soundness checks (paired, per point, exact bounds at `level`) in the l-inf or l2 ball; the measurements, one verdict per check, the overall verdict."
+    "Run the soundness checks (paired, per point, exact bounds at `level`) in the l-inf or l2 ball; the measurements, one verdict per check, the overall verdict, and the seconds it took."
+    t0 = time.perf_counter()
     torch.manual_seed(seed)
     pgd = lambda e, k, loss='ce', s=step: ThreatModel(e, k, s, loss, norm=norm)
     per_point = lambda attack: correct_under_attack(model, images, labels, attack, batch_size, progress=False)
@@ -384,6 +385,7 @@ def soundness_report(model, images, labels, eps: float, step: float | None = Non
     failed = [c['check'] for c in checks if not c['passed']]
     verdict = 'sound: no sign of gradient masking' if not failed else 'FLAGGED: possible gradient masking or a broken evaluation (' + ', '.join(failed) + ')'
     return {'verdict': verdict, 'flagged': bool(failed), 'checks': checks, 'logit_statistics': stats, 'n': n,
+            'seconds': round(time.perf_counter() - t0, 2),
             'level': level, 'tolerances': {'rise': tol, 'margin': margin_tol, 'zero': zero_tol},
             'threat_model': pgd(eps, 20).describe(),
             'measurements': {'clean': mean(clean_ok), 'eps0': mean(eps0_ok),

@@ -386,8 +386,10 @@ def run_times(grid: Grid) -> pd.DataFrame | None:
         secs = folder.evaluation(request)['seconds'] if path else {}
         marker = folder.file(folder.GRID_EVAL)
         rest = marker.stat().st_mtime - path.stat().st_mtime if path and marker.exists() else 0.0
+        sound = folder.evaluation(request).get('soundness') if path else None   # its seconds: recorded since December 2026
         rows.append({'run': name, 'training': m['train_seconds'] / 60, 'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
                      'attacks': sum(secs.values()) / 60, 'of which AutoAttack': secs.get('autoattack', 0.0) / 60,
+                     'soundness report': 0.0 if sound is None else sound.get('seconds', np.nan) / 60,
                      'corruptions and features (file times)': max(rest, 0.0) / 60})
     if not rows: return None
     out = pd.DataFrame(rows).set_index('run')
@@ -563,7 +565,7 @@ def write_run_times(out: Artifacts) -> None:
     times = run_times(out.grid)
     if times is not None:
         out.table(times, 'run_times', f'Minutes per run and stage; sum over runs {times["total"].sum():.0f} min, the grid on w '
-                  'workers at least that / w (corruptions and features from file times)', list(times.index))
+                  'workers at least that / w (corruptions and features from file times; soundness report: blank where the evaluation did not record its time)', list(times.index))
 
 def write_claims(out: Artifacts, draws: int = 2000) -> None:
     "The four claims' verdicts (rules of 09c_claims) on the CIFAR dataset's main runs, where Adv-DPNP is among them; paired intervals where two methods share test points."
