@@ -33,9 +33,10 @@ from .train import prepare_model, resolve_device, train, training_precision
 
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
-           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'ATTACK_NAMES', 'card_slug', 'card_info',
-           'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run',
-           'run_benchmark', 'committed_runs', 'device_session', 'results_table', 'paired_comparison', 'collect', 'main']
+           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'ATTACK_NAMES', 'card_slug',
+           'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds',
+           'pack_run', 'run_benchmark', 'committed_runs', 'device_session', 'results_table', 'paired_comparison',
+           'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -116,16 +117,31 @@ def pack_run(folder: RunFolder, request: dict | None, out) -> Path:
     return archive
 
 # %% ../nbs/12_device.ipynb #c4cc8e63
-def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, warmup: int = 3) -> dict:
-    "Eager against `mode` for `BENCH_METHODS` at the grid's configuration: step times, agreement, FLOPs, share of the bf16 peak; and whether the runs should use `mode`."
-    device, card, rows = torch.device(device), card_info(device), []
+COMPILE_RESERVE_S = 240.0   # a compiled check starts only with this much time left (or twice the longest so far)
+
+def _bench_summary(card: dict, mode: str, rows: list, steps: int, warmup: int) -> dict:
+    step = lambda method, path: next((r['step_s'] for r in rows if r['method'] == method and r['path'] == path), None)
+    faster = all((s := step(m, mode)) is not None and s < step(m, 'eager') for m in BENCH_METHODS)
+    return {'card': card, 'mode': mode, 'rows': rows, 'use_compiled': faster,
+            'step_s': {m: step(m, mode) if faster else step(m, 'eager') for m in BENCH_METHODS},
+            'note': f"batch {rows[0]['batch']}, synthetic CIFAR-shaped data, {steps} timed steps after {warmup} warm-up steps"}
+
+def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, warmup: int = 3, time_left=None, save=None) -> dict:
+    "Eager against `mode` for `BENCH_METHODS` at the grid's configuration: step times, agreement, FLOPs, share of the bf16 peak; and whether the runs should use `mode`. `time_left`: a callable, seconds left (a method's compiled check is skipped with less than `COMPILE_RESERVE_S`, or twice the longest check so far); `save`: called with the result so far after each method."
+    device, card, rows, longest = torch.device(device), card_info(device), [], 0.0
     for method in BENCH_METHODS:
         name = next(e['run'] for e in grid.entries if e['group'] == 'main' and e['method'] == method)
         cfg = dataclasses.replace(run_config(grid.runs[name]), device=str(device))
         data = synthetic_data(cfg.batch_size * (warmup + steps + 2))
         flops = step_flops(cfg, data, device)
-        check = compare_compiled(cfg, data, device, mode, timed=steps)   # one compilation: checked, then timed
         timings = {'eager': benchmark_step(cfg, data, 'fast', device, warmup=warmup, steps=steps)}
+        if time_left is not None and (left := time_left()) < max(COMPILE_RESERVE_S, 2 * longest):
+            check = {'agree': False, 'skipped': f'{max(left, 0):.0f} s left, less than {max(COMPILE_RESERVE_S, 2 * longest):.0f} s: not compiled'}
+        else:
+            t0 = time.monotonic()
+            check = compare_compiled(cfg, data, device, mode, timed=steps)   # one compilation: checked, then timed
+            longest = max(longest, time.monotonic() - t0)
+            check['seconds'] = round(time.monotonic() - t0, 1)
         if check['agree']: timings[mode] = {**timings['eager'], **check.pop('timing')}
         for path, t in timings.items():
             t = {**t, 'img_per_s': cfg.batch_size / t['step_s']}
@@ -135,12 +151,9 @@ def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, 
                          'precision': training_precision(cfg, device)['dtype']})
         rows[-1]['agreement'] = check
         print(f"benchmark {method}: " + ', '.join(f"{r['path']} {r['step_s']:.4f} s/step" for r in rows if r['method'] == method)
-              + ('' if check['agree'] else f"; {mode} disagrees with eager or failed: {check.get('error') or check['steps']}"), flush=True)
-    step = lambda method, path: next((r['step_s'] for r in rows if r['method'] == method and r['path'] == path), None)
-    faster = all((s := step(m, mode)) is not None and s < step(m, 'eager') for m in BENCH_METHODS)
-    return {'card': card, 'mode': mode, 'rows': rows, 'use_compiled': faster,
-            'step_s': {m: step(m, mode) if faster else step(m, 'eager') for m in BENCH_METHODS},
-            'note': f"batch {rows[0]['batch']}, synthetic CIFAR-shaped data, {steps} timed steps after {warmup} warm-up steps"}
+              + ('' if check['agree'] else f"; {mode}: {check.get('skipped') or check.get('error') or ('disagrees with eager', check['steps'])}"), flush=True)
+        if save is not None: save(_bench_summary(card, mode, rows, steps, warmup))
+    return _bench_summary(card, mode, rows, steps, warmup)
 
 # %% ../nbs/12_device.ipynb #7c2d9783
 def committed_runs(results_dir) -> set:
@@ -176,8 +189,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     save()
     bench = None
     if benchmark and not bench_file.exists():
-        bench = run_benchmark(grid, device, compile_mode)
-        write_json(out / 'benchmark.json', bench)
+        bench = run_benchmark(grid, device, compile_mode, time_left=left, save=lambda b: write_json(out / 'benchmark.json', b))
     elif bench_file.exists(): bench = read_json(bench_file, 'committed benchmark')
     mode = compile_mode if bench and bench['use_compiled'] else 'off'
     session.update(compile_mode=mode, benchmark_committed=bench_file.exists()); save()
