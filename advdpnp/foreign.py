@@ -23,6 +23,7 @@ import torchvision
 from .files import file_sha256
 from .models import Normalize
 from .runs import CheckpointError, load_checkpoint
+from .stats import paired_difference
 
 # %% auto #0
 __all__ = ['SPEC_FORMS', 'UNSAFE_HINT', 'STATE_DICT_KEYS', 'WRAPPER_PREFIXES', 'RANDOMIZED', 'ForeignModelError',
@@ -341,7 +342,6 @@ def pyautoattack_example() -> tuple[str, Path] | None:
 def check_input_range(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, spec: str, n: int = 512, margin: float = 0.2,
                       level: float = 0.001) -> dict:
     "Stop with a ForeignModelError if `model` classifies standardised or 0-255 inputs clearly better than [0, 1] pixels (paired per point); the accuracies of the three."
-    from advdpnp.stats import paired_difference
     x = images[:n].float() / 255 if images.dtype == torch.uint8 else images[:n].float()
     y, dims = labels[:n], [d for d in range(x.ndim) if d != 1]
     mean, std = x.mean(dim=dims, keepdim=True), x.std(dim=dims, keepdim=True).clamp_min(1e-6)

@@ -383,10 +383,11 @@ def run_times(grid: Grid) -> pd.DataFrame | None:
         if not folder.finished: continue
         m, request = folder.metrics(), grid_request(grid, name)
         path = folder.evaluation_path(request) if request else None
-        secs = folder.evaluation(request)['seconds'] if path else {}
+        ev = folder.evaluation(request) if path else None       # verified once
+        secs = ev['seconds'] if ev else {}
         marker = folder.file(folder.GRID_EVAL)
         rest = marker.stat().st_mtime - path.stat().st_mtime if path and marker.exists() else 0.0
-        sound = folder.evaluation(request).get('soundness') if path else None   # its seconds: recorded since December 2026
+        sound = ev.get('soundness') if ev else None   # its seconds: recorded since December 2026
         rows.append({'run': name, 'training': m['train_seconds'] / 60, 'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
                      'attacks': sum(secs.values()) / 60, 'of which AutoAttack': secs.get('autoattack', 0.0) / 60,
                      'soundness report': 0.0 if sound is None else sound.get('seconds', np.nan) / 60,
