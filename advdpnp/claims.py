@@ -16,7 +16,8 @@ from .stats import (accuracy_statistic, bootstrap_interval, bootstrap_sides, cor
 # %% auto #0
 __all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'POINT_COLUMNS', 'PAIRED_COLUMNS',
            'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'overall_verdict', 'points_key',
-           'per_point_correct', 'run_point_records', 'ratio_statistic', 'paired_claim_differences', 'claim_verdicts']
+           'test_set_identity', 'per_point_correct', 'run_point_records', 'ratio_statistic', 'paired_claim_differences',
+           'claim_verdicts']
 
 # %% ../nbs/09c_claims.ipynb #243641cd
 DEFENCES = ('pgd_at', 'trades', 'mart')
@@ -102,9 +103,13 @@ def overall_verdict(verdicts: list, expected: int) -> str:
 POINT_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
                  'worst_case': 'worst case'}   # eval.json's per-point keys -> the tables' column names
 
-def points_key(points: dict) -> str:
-    "The identity of an artifact's test points (its `points`: n and the SHA-256 of their indices): equal keys, the same points."
-    return f"{points['n']}:{points['indices_sha256']}"
+def points_key(points: dict, test_set: str | None = None) -> str:
+    "The identity of an artifact's test points: its `points` (n and the SHA-256 of their indices in the run's test set) and `test_set`, what chose that test set (`test_set_identity`; None: the whole test split): equal keys, the same points."
+    return f"{points['n']}:{points['indices_sha256']}" + (f' of {test_set}' if test_set else '')
+
+def test_set_identity(cfg) -> str | None:
+    "What chose a run's test images, from its config: None for the whole test split (every seed sees the same images), else its `n_test` and seed (each seed draws its own subset)."
+    return None if cfg.n_test is None else f"{cfg.dataset} n_test={cfg.n_test} seed={cfg.seed}"
 
 def per_point_correct(evaluation: dict) -> dict:
     "Column -> 1/0 per evaluated point of an evaluation (nan where the attack did not see the point: AutoAttack on a subset)."
@@ -121,13 +126,14 @@ def per_point_correct(evaluation: dict) -> dict:
         else: raise ValueError(f'{key}: {len(values)} per-point results for {n} points and {len(positions)} AutoAttack positions')
     return out
 
-def run_point_records(method: str, seed: int, evaluation: dict | None = None, features: dict | None = None, arrays=None) -> dict:
+def run_point_records(method: str, seed: int, evaluation: dict | None = None, features: dict | None = None, arrays=None,
+                      test_set: str | None = None) -> dict:
     "One run's per-point records for the paired comparisons: its evaluation's 0/1 per point and its feature arrays, each with the identity of its points."
     record = {'method': method, 'seed': seed}
     if evaluation is not None and 'points' in evaluation:
-        record.update(points=points_key(evaluation['points']), correct=per_point_correct(evaluation))
+        record.update(points=points_key(evaluation['points'], test_set), correct=per_point_correct(evaluation))
     if features is not None and arrays is not None and 'points' in features:
-        record.update(feature_points=points_key(features['points']), num_classes=len(features['angles']),
+        record.update(feature_points=points_key(features['points'], test_set), num_classes=len(features['angles']),
                       features={inp: np.asarray(arrays[f'{inp}_features'], dtype=float) for inp in ('clean', 'pgd')},
                       labels=np.asarray(arrays['labels']))
     return record

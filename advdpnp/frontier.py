@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,8 +19,8 @@ from .stats import accuracy_statistic, bootstrap_interval, bootstrap_sides, mean
 
 # %% auto #0
 __all__ = ['FAMILIES', 'METHOD', 'FAMILY_LABELS', 'KNOB_NAMES', 'TABLE_MEASURES', 'knob_label', 'seeds_label', 'frontier_record',
-           'frontier_table', 'frontier_curve', 'reference_value', 'frontier_replicates', 'frontier_verdict',
-           'frontier_verdicts', 'plot_frontier', 'attack_check']
+           'check_threat_model', 'frontier_table', 'frontier_curve', 'reference_value', 'frontier_replicates',
+           'dominated', 'verdict_reason', 'frontier_verdict', 'frontier_verdicts', 'plot_frontier', 'attack_check']
 
 # %% ../nbs/09e_frontier.ipynb #3c80f1c9
 FAMILIES = ('trades', 'pgd_at')    # the baselines whose robustness knob the grid's frontier part moves
@@ -39,18 +40,27 @@ def seeds_label(seeds) -> str:
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 # %% ../nbs/09e_frontier.ipynb #868cb148
-def frontier_record(entry: dict, evaluation: dict) -> dict:
+def frontier_record(entry: dict, evaluation: dict, test_set: str | None = None) -> dict:
     "One frontier run's numbers: its grid entry's family, knob and seed, its points' identity, its 0/1 per point per attack and AutoAttack's accuracy (%) after each of its attacks."
     return {'family': entry['family'], 'param': entry['param'], 'value': float(entry['value']), 'seed': entry['seed'],
-            'run': entry['run'], 'eps': evaluation.get('eps'), 'points': points_key(evaluation['points']),
+            'run': entry['run'], 'eps': evaluation.get('eps'), 'points': points_key(evaluation['points'], test_set),
             'correct': per_point_correct(evaluation),
             'after': {k: 100 * v for k, v in evaluation.get('autoattack', {}).get('per_attack', {}).items()}}
 
 # %% ../nbs/09e_frontier.ipynb #c94404a3
 TABLE_MEASURES = ('clean', 'PGD-20', 'AutoAttack')
 
+def check_threat_model(records: list) -> None:
+    "Every frontier run must be evaluated at the same ε (whatever it trained at): else one error naming the runs of each ε."
+    by_eps = {}
+    for r in records:
+        if r.get('eps') is not None: by_eps.setdefault(round(float(r['eps']), 9), []).append(r['run'])
+    if len(by_eps) > 1:
+        raise ValueError('frontier runs evaluated at different eps: ' + '; '.join(f"{e:.5f}: {', '.join(runs)}" for e, runs in sorted(by_eps.items())))
+
 def _run_rows(records: list, measures=TABLE_MEASURES) -> pd.DataFrame:
     "One row per run: accuracy (%), binomial SE and n of each measure over the points it saw."
+    check_threat_model(records)
     rows = []
     for r in records:
         row = {k: r[k] for k in ('family', 'param', 'value', 'seed', 'run')}
@@ -76,10 +86,10 @@ def frontier_table(records: list, measures=TABLE_MEASURES) -> pd.DataFrame:
 
 # %% ../nbs/09e_frontier.ipynb #8d8c7cea
 def frontier_curve(robust, clean):
-    "Clean accuracy as a function of robust accuracy through a family's points: PCHIP on the points sorted by robust accuracy (equal ones merged, clean averaged); nan outside their range."
+    "Clean accuracy as a function of robust accuracy through a family's points: PCHIP on the points sorted by robust accuracy (equal ones, to 6 decimals, merged, clean averaged); nan outside their range."
     r, c = np.asarray(robust, dtype=float), np.asarray(clean, dtype=float)
     keep = ~(np.isnan(r) | np.isnan(c))
-    x, inverse = np.unique(r[keep], return_inverse=True)
+    x, inverse = np.unique(np.round(r[keep], 6), return_inverse=True)   # equal up to float noise: one point
     y = np.bincount(inverse, c[keep]) / np.bincount(inverse)
     if len(x) == 0: return lambda at: np.full(np.shape(at), np.nan)
     if len(x) == 1: return lambda at: np.where(np.asarray(at, dtype=float) == x[0], y[0], np.nan)
@@ -87,9 +97,13 @@ def frontier_curve(robust, clean):
 
 # %% ../nbs/09e_frontier.ipynb #3082792d
 def _cells(records: list) -> dict:
-    "(family, value) -> {seed: record}."
+    "(family, value) -> {seed: record}; a second record of the same family, value and seed is an error."
+    check_threat_model(records)
     cells = {}
-    for r in records: cells.setdefault((r['family'], r['value']), {})[r['seed']] = r
+    for r in records:
+        runs = cells.setdefault((r['family'], r['value']), {})
+        if r['seed'] in runs: raise ValueError(f"two frontier records for {r['family']} {r['value']:g} seed {r['seed']}: {runs[r['seed']]['run']} and {r['run']}")
+        runs[r['seed']] = r
     return cells
 
 def reference_value(records: list, family: str = METHOD, default: float | None = None) -> float | None:
@@ -103,9 +117,11 @@ def frontier_replicates(records: list, measure: str = 'AutoAttack', draws: int =
     "(family, value) -> (estimate, replicates) of (clean, `measure`) accuracy (%), mean over seeds (`bootstrap_sides`)."
     sides = {}
     for cell, runs in _cells(records).items():
-        if all({'clean', measure} <= set(r['correct']) for r in runs.values()):
-            sides[cell] = {s: (r['points'], len(r['correct']['clean']),
-                               accuracy_statistic(np.stack([r['correct']['clean'], r['correct'][measure]]))) for s, r in runs.items()}
+        done = {s: r for s, r in runs.items() if {'clean', measure} <= set(r['correct'])}
+        for r in (r for s, r in runs.items() if s not in done):
+            warnings.warn(f"{r['run']} has no {measure} results: left out of its point's mean over seeds")
+        if done: sides[cell] = {s: (r['points'], len(r['correct']['clean']),
+                                    accuracy_statistic(np.stack([r['correct']['clean'], r['correct'][measure]]))) for s, r in done.items()}
     return bootstrap_sides(sides, draws, seed, paired)
 
 # %% ../nbs/09e_frontier.ipynb #31e3f7bd
@@ -122,6 +138,17 @@ def _differences(boot: dict, curves: tuple, point) -> tuple:
     (clean, robust), draws = boot[point]
     return float(clean - curve(robust)), np.array([c - f(r) for (c, r), f in zip(draws, per_draw)], dtype=float)
 
+def dominated(points) -> int:
+    "How many of a family's (clean, robust) points another of its points beats on both (the dips of its frontier curve)."
+    p = np.asarray(points, dtype=float).reshape(-1, 2)
+    return int(sum(((p[:, 0] > c) & (p[:, 1] > r)).any() for c, r in p))
+
+def verdict_reason(delta: float, low: float, high: float) -> str:
+    "Why a verdict is what it is: outside the family's range, an open interval, an interval containing 0, or the side of 0 it lies on."
+    if np.isnan(delta): return "outside the family's range"
+    if np.isinf(low) or np.isinf(high): return 'open interval (draws outside the range)'
+    return 'interval above 0' if low > 0 else 'interval below 0' if high < 0 else 'interval contains 0'
+
 def frontier_verdict(delta: float, low: float, high: float) -> str:
     "One family's verdict by the rule above: outside the family's range (nan Δ) or an interval containing 0 is not resolvable."
     if np.isnan(delta): return UNRESOLVED
@@ -134,15 +161,17 @@ def _verdict_row(family: str, point, runs: dict, boot: dict, curves: dict, level
     low, high = bootstrap_interval(paired, level)
     unpaired_low, unpaired_high = bootstrap_interval(_differences(boot['unpaired'], curves['unpaired'], point)[1], level)
     clean, robust = boot['paired'][point][0]
-    family_robust = [e[1] for (f, _), (e, _) in boot['paired'].items() if f == family]
+    family_points = [e for (f, _), (e, _) in boot['paired'].items() if f == family]     # (clean, robust) estimates
+    family_robust = [e[1] for e in family_points]
     first = next(iter(runs.values()))
     return {'family': family, 'point': f"{FAMILY_LABELS.get(point[0], point[0])} {knob_label(first['param'], point[1])}",
             'seeds': ', '.join(map(str, sorted(runs))), f'{measure} of point': robust, 'clean of point': clean,
             f'family {measure} range': f'{min(family_robust):.1f}-{max(family_robust):.1f}', 'frontier clean': clean - delta,
             'difference': delta, 'low': low, 'high': high, 'unpaired low': unpaired_low, 'unpaired high': unpaired_high,
             'width ratio (unpaired / paired)': (unpaired_high - unpaired_low) / (high - low) if high > low else np.nan,
-            'draws outside range (%)': 100 * np.isnan(paired).mean(), 'decides': 'yes' if decides else 'no (another knob value)',
-            'verdict': frontier_verdict(delta, low, high)}
+            'draws outside range (%)': 100 * np.isnan(paired).mean(), 'dominated family points': dominated(family_points),
+            'decides': 'yes' if decides else 'no (another knob value)', 'verdict': frontier_verdict(delta, low, high),
+            'reason': verdict_reason(delta, low, high)}
 
 def frontier_verdicts(records: list, reference: float | None = None, against=FAMILIES, method: str = METHOD,
                       measure: str = 'AutoAttack', level: float = 0.95, draws: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -159,6 +188,9 @@ def frontier_verdicts(records: list, reference: float | None = None, against=FAM
             if row['decides'] == 'yes': decided[family] = row['verdict']
             rows.append(row)
     missing = [FAMILY_LABELS.get(f, f) for f in against if f not in decided]
+    if points and reference is not None and not any(math.isclose(p[1], reference) for p in points):
+        param = next(r['param'] for r in records if r['family'] == method)
+        missing = [f"{FAMILY_LABELS.get(method, method)} {knob_label(param, reference)} (the deciding point)"]
     rows.append({'family': 'overall', 'point': f'{len(decided)} of {len(against)} famil{"y" if len(against) == 1 else "ies"}'
                  + (f"; missing: {', '.join(missing)}" if missing else ''), 'verdict': overall_verdict(list(decided.values()), len(against))})
     return pd.DataFrame(rows)
@@ -198,17 +230,19 @@ def plot_frontier(table: pd.DataFrame, measures=('AutoAttack', 'PGD-20'), method
 
 # %% ../nbs/09e_frontier.ipynb #fa89fdd1
 def attack_check(records: list) -> pd.DataFrame:
-    "Per run, on the points AutoAttack saw: PGD-20, C&W-inf, AutoAttack after APGD-CE and after APGD-T (DLR), and AutoAttack (%); whether it is at most min(PGD-20, C&W-inf) per run and per point."
+    "Per run, on the points AutoAttack saw: PGD-20, C&W-inf, AutoAttack after APGD-CE and after APGD-T (DLR; cumulative), what APGD-T broke that APGD-CE left, and AutoAttack (%); whether it is at most min(PGD-20, C&W-inf) per run and per point."
     rows = []
     for r in (r for r in records if 'AutoAttack' in r['correct']):
         seen = ~np.isnan(r['correct']['AutoAttack'])
-        robust = r['correct']['AutoAttack'][seen].astype(bool)
-        others = {m: r['correct'][m][seen].astype(bool) for m in ('PGD-20', 'C&W-inf') if m in r['correct']}
+        for m in (m for m in ('PGD-20', 'C&W-inf') if m in r['correct']): seen &= ~np.isnan(r['correct'][m])   # the points every attack saw
+        robust = r['correct']['AutoAttack'][seen] == 1
+        others = {m: r['correct'][m][seen] == 1 for m in ('PGD-20', 'C&W-inf') if m in r['correct']}
         above = [m for m, ok in others.items() if robust.mean() > ok.mean()]
         missed = {m: int((robust & ~ok).sum()) for m, ok in others.items()}
         rows.append({'family': r['family'], 'knob': knob_label(r['param'], r['value']), 'seed': r['seed'], 'run': r['run'],
                      'n': int(seen.sum()), **{f'{m} (same points)': 100 * ok.mean() for m, ok in others.items()},
                      'after APGD-CE': r['after'].get('apgd-ce', np.nan), 'after APGD-T (DLR)': r['after'].get('apgd-t', np.nan),
+                     'broken by APGD-T after APGD-CE': r['after'].get('apgd-ce', np.nan) - r['after'].get('apgd-t', np.nan),
                      'AutoAttack': 100 * robust.mean(), 'points robust to AutoAttack only': sum(missed.values()),
                      'check': 'ok' if not above and not sum(missed.values()) else
                               '; '.join([f'AutoAttack above {m}' for m in above] + [f'{k} point(s) {m} broke' for m, k in missed.items() if k])})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import textwrap
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from matplotlib.lines import Line2D
 
 from .analysis import plot_angles, plot_tsne, tsne_frame
 from .claims import (DEFENCES, claim_inputs, claim_verdicts, paired_claim_differences, per_point_correct,
-                            run_claim_inputs, run_point_records)
-from .config import make_config
+                            run_claim_inputs, run_point_records, test_set_identity)
+from .config import load_config, make_config
 from .evaluate import model_card
 from .files import atomic_write, write_json
 from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_record, frontier_table,
@@ -411,12 +412,20 @@ def claim_runs(grid: Grid, draws: int = 200) -> list:
         rows.append(run_claim_inputs(r, folder.corruptions(), folder.features(), folder.feature_arrays(), draws))
     return rows
 
+def _test_set(grid: Grid, run: str) -> str | None:
+    "`test_set_identity` of a grid run: from the config its folder holds (what it ran), else from the grid's parameters."
+    path = RunFolder(grid.run_dir(run)).file(RunFolder.CONFIG)
+    if path.exists(): return test_set_identity(load_config(path))
+    p = grid.runs[run].train
+    return test_set_identity(SimpleNamespace(dataset=p.get('dataset'), n_test=p.get('n_test'), seed=p.get('seed', 0)))
+
 def claim_point_records(grid: Grid) -> list:
     "`run_point_records` of every main run on the CIFAR dataset: its grid evaluation's per-point results and its feature arrays (what the paired intervals resample)."
     records = []
     for e in _cifar_main(grid):
         folder = RunFolder(grid.run_dir(e['run']))
-        records.append(run_point_records(e['method'], e['seed'], grid_evaluation(grid, e['run']), folder.features(), folder.feature_arrays()))
+        records.append(run_point_records(e['method'], e['seed'], grid_evaluation(grid, e['run']), folder.features(), folder.feature_arrays(),
+                                         _test_set(grid, e['run'])))
     return records
 
 # %% ../nbs/09_report.ipynb #02845fb4
@@ -585,7 +594,7 @@ def frontier_records(grid: Grid) -> list:
     records = []
     for e in (e for e in grid.entries if e['group'] == 'frontier'):
         ev = grid_evaluation(grid, e['run'])
-        if ev is not None and 'points' in ev: records.append(frontier_record(e, ev))
+        if ev is not None and 'points' in ev: records.append(frontier_record(e, ev, _test_set(grid, e['run'])))
     return records
 
 def _preset_value(grid: Grid, records: list, family: str = METHOD) -> float | None:
@@ -622,12 +631,14 @@ def write_frontier(out: Artifacts, draws: int = 2000) -> None:
             f"MART is the one-point comparison of claims.")
     out.table(verdicts, 'frontier_claims', f"Claim 1 against the trade-off frontier: Adv-DPNP's clean accuracy minus each family's "
               f"frontier at Adv-DPNP's AutoAttack accuracy (points of clean accuracy), 95 % interval from a paired bootstrap over "
-              f"test points and seeds ({draws} draws, the frontier rebuilt in each), the unpaired one beside it; {setting}",
+              f"test points and seeds ({draws} draws, the frontier rebuilt in each), the unpaired one beside it; a knob value run on "
+              f"one seed brings no seed-to-seed variation into the interval (09e_frontier); {setting}",
               runs, extra=note, index=False)
     check = attack_check(records)
     if len(check):
         out.table(check, 'frontier_attacks', 'AutoAttack against the white-box attacks on the points it saw, per frontier run: '
-                  'accuracy (%) under PGD-20 (CE) and C&W-inf, after APGD-CE and after APGD-T (targeted DLR), and AutoAttack; '
+                  'accuracy (%) under PGD-20 (CE) and C&W-inf, after APGD-CE and after APGD-T (targeted DLR), what APGD-T broke that APGD-CE '
+                  'left (many: a masked CE gradient), and AutoAttack; '
                   f'check: AutoAttack at most min(PGD-20, C&W-inf) per run and per point; {setting}', check['run'], index=False)
 
 # %% ../nbs/09_report.ipynb #75cc5146

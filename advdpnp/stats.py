@@ -83,7 +83,7 @@ def mean_over_seeds(frame: pd.DataFrame, by, cols) -> pd.DataFrame:
         if f'{c} SE' in frame: shared = g[f'{c} SE'].agg(lambda s: (s ** 2).mean())
         elif (k > 1).any(): shared = var[c] * 0
         else: continue
-        se = (shared + var[c] / k) ** 0.5   # the seeds see the same test points: that part of the error does not shrink
+        se = (shared + var[c] / k) ** 0.5   # shared test points: that part does not shrink; seeded subsets: a conservative bound
         out[f'{c} SE'] = se if f'{c} SE' in frame else se.where(k > 1)   # one seed, no per-run error: unknown, not 0
     out['seeds'] = k.astype(int)
     return out
