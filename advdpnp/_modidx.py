@@ -498,6 +498,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'advdpnp.report.robustness_curves': ('report.html#robustness_curves', 'advdpnp/report.py'),
                                 'advdpnp.report.run_times': ('report.html#run_times', 'advdpnp/report.py'),
                                 'advdpnp.report.sensitivity_frame': ('report.html#sensitivity_frame', 'advdpnp/report.py'),
+                                'advdpnp.report.soundness_rows': ('report.html#soundness_rows', 'advdpnp/report.py'),
+                                'advdpnp.report.soundness_table': ('report.html#soundness_table', 'advdpnp/report.py'),
                                 'advdpnp.report.training_frame': ('report.html#training_frame', 'advdpnp/report.py'),
                                 'advdpnp.report.tsne_figure': ('report.html#tsne_figure', 'advdpnp/report.py'),
                                 'advdpnp.report.watermark': ('report.html#watermark', 'advdpnp/report.py'),

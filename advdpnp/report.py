@@ -34,11 +34,11 @@ __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'D
            'collect_results', 'watermark', 'latex_text', 'Artifacts', 'with_errors', 'results_table',
            'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
            'plot_sensitivity', 'eps_label', 'n_label', 'training_frame', 'plot_training_curves', 'robustness_curves',
-           'plot_robustness_curves', 'foreign_folders', 'foreign_card', 'leaderboard', 'run_times', 'claim_runs',
-           'claim_point_records', 'write_result_tables', 'plot_corruption_severity', 'plot_corruption_bars',
-           'write_corruption_artifacts', 'write_feature_artifacts', 'paired_columns', 'write_ablation_and_sensitivity',
-           'write_curve_figures', 'write_leaderboard', 'write_run_times', 'write_claims', 'frontier_records',
-           'write_frontier', 'write_artifacts']
+           'plot_robustness_curves', 'soundness_rows', 'soundness_table', 'foreign_folders', 'foreign_card',
+           'leaderboard', 'run_times', 'claim_runs', 'claim_point_records', 'write_result_tables',
+           'plot_corruption_severity', 'plot_corruption_bars', 'write_corruption_artifacts', 'write_feature_artifacts',
+           'paired_columns', 'write_ablation_and_sensitivity', 'write_curve_figures', 'write_leaderboard',
+           'write_run_times', 'write_claims', 'frontier_records', 'write_frontier', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -334,6 +334,24 @@ def plot_robustness_curves(curves: pd.DataFrame, title: str = ''):
     return fig
 
 
+# %% ../nbs/09_report.ipynb #32c3eb87
+def soundness_rows(runs) -> tuple:
+    "The soundness table of (grid entry, soundness report) pairs: one row per run (its verdict, pass/FAIL per check, n, minutes), and every check's whole detail as Markdown."
+    rows, details = [], []
+    for e, s in runs:
+        row = {'run': e['run'], 'dataset': dataset_label(e['dataset']), 'method': e['method'], 'seed': e['seed'], 'verdict': s['verdict'], 'n': s['n']}
+        row.update({c['check']: 'pass' if c['passed'] else 'FAIL' for c in s['checks']})
+        rows.append({**row, 'minutes': s.get('seconds', np.nan) / 60})
+        details.append(f"**{e['run']}** ({s['n']} points, level {s['level']}): {s['verdict']}\n\n"
+                       + '\n'.join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['detail']}" for c in s['checks']))
+    return pd.DataFrame(rows), '\n\n'.join(details)
+
+def soundness_table(grid: Grid) -> tuple:
+    "`soundness_rows` of every main run whose grid evaluation ran the soundness report; (None, '') if none did."
+    runs = [(e, ev['soundness']) for e in grid.entries if e['group'] == 'main'
+            and (ev := grid_evaluation(grid, e['run'])) and 'soundness' in ev]
+    return soundness_rows(runs) if runs else (None, '')
+
 # %% ../nbs/09_report.ipynb #b7d2e4a9
 def _leaderboard_row(name: str, card: dict, trained: str) -> dict:
     "One leaderboard row of a model card (its percent strings as numbers, each with its SE beside it)."
@@ -551,13 +569,17 @@ def write_ablation_and_sensitivity(out: Artifacts, results: pd.DataFrame) -> Non
 
 # %% ../nbs/09_report.ipynb #1fa97a91
 def write_curve_figures(out: Artifacts, results: pd.DataFrame) -> None:
-    "The training curves of the main runs (where the grid has any: not a frontier-only grid) and, where the soundness report ran, robust accuracy against eps."
+    "The training curves of the main runs (where the grid has any: not a frontier-only grid) and, where the soundness report ran, robust accuracy against eps and the soundness table."
     if (results['group'] == 'main').any():
         out.figure(plot_training_curves(out.grid), 'training_curves', 'Training curves of the main runs', _runs_of(results, results['group'] == 'main'))
     curves = robustness_curves(out.grid)
     if curves is not None:
         out.figure(plot_robustness_curves(curves, f'Robust accuracy against eps (the soundness report\'s sweep; {out.grid.scale} scale)'),
                    'robust_vs_eps', 'PGD-20 accuracy against eps, per method', curves['run'])
+    sound, details = soundness_table(out.grid)
+    if sound is not None:
+        out.table(sound, 'soundness', 'The soundness report of every main run: its verdict, each check passed or failed, n points, '
+                  'minutes; every check\'s detail below', sound['run'], extra=f'#### Each check\'s detail\n\n{details}', index=False)
 
 def write_leaderboard(out: Artifacts, foreign=()) -> None:
     "The leaderboard of the grid's evaluated runs and of the models trained elsewhere (`leaderboard`), where there are any; each foreign model.json into the manifest."

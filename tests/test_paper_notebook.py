@@ -16,7 +16,7 @@ EXPECTED = {  # artifact -> extensions
     'tsne': ('png', 'pdf'), 'ablation': ('csv', 'md', 'tex'), 'sensitivity': ('csv', 'md', 'tex'),
     'sensitivity_curves': ('png', 'pdf'), 'training_curves': ('png', 'pdf'),
     'cifar10c_per_corruption': ('png', 'pdf'), 'leaderboard': ('csv', 'md', 'tex'),
-    'robust_vs_eps': ('png', 'pdf'), 'claims': ('csv', 'md', 'tex'), 'run_times': ('csv', 'md', 'tex'),
+    'robust_vs_eps': ('png', 'pdf'), 'soundness': ('csv', 'md', 'tex'), 'claims': ('csv', 'md', 'tex'), 'run_times': ('csv', 'md', 'tex'),
 }
 METHODS = ['ce', 'dpnp', 'adv_dpnp', 'pgd_at', 'trades', 'mart']
 pytestmark = pytest.mark.slow   # the micro grid trains and evaluates 12 runs: about 3 minutes on 2 cores (make test-slow)
