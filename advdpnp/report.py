@@ -328,7 +328,9 @@ def plot_robustness_curves(curves: pd.DataFrame, title: str = ''):
             g = part.groupby('eps')
             ax.errorbar(g['accuracy'].mean().index, g['accuracy'].mean(), yerr=(g['SE'].apply(lambda v: (v ** 2).mean() ** 0.5)
                         / g.size() ** 0.5), marker='o', capsize=2, label=m)
-        ax.set(title=f'{dataset_label(ds)}, n = {int(d["n"].min())}', xlabel='eps (l-inf)', ylabel='PGD-20 accuracy (%)', ylim=(0, 100))
+        ticks = sorted(d['eps'].unique())
+        ax.set(title=f'{dataset_label(ds)}, n = {int(d["n"].min())}', xlabel='eps (l-inf)', ylabel='PGD-20 accuracy (%)', ylim=(0, 100),
+               xticks=ticks, xticklabels=['0' if t == 0 else eps_label(t) for t in ticks])   # the sweep's eps, as k/255
     axes.flat[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
