@@ -380,7 +380,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'advdpnp.frontier._run_rows': ('frontier.html#_run_rows', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._verdict_row': ('frontier.html#_verdict_row', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier.attack_check': ('frontier.html#attack_check', 'advdpnp/frontier.py'),
-                                  'advdpnp.frontier.check_threat_model': ('frontier.html#check_threat_model', 'advdpnp/frontier.py'),
+                                  'advdpnp.frontier.check_frontier_eps': ('frontier.html#check_frontier_eps', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier.dominated': ('frontier.html#dominated', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier.frontier_curve': ('frontier.html#frontier_curve', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier.frontier_record': ('frontier.html#frontier_record', 'advdpnp/frontier.py'),

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from .analysis import angle_summary, feature_metrics, pairwise_angles
+from .config import DATASET_SIZES
 from .stats import (accuracy_statistic, bootstrap_interval, bootstrap_sides, correlated_mean_se, difference_interval,
                            mean_over_seeds, normal_interval, resample_counts)
 
@@ -109,7 +110,8 @@ def points_key(points: dict, test_set: str | None = None) -> str:
 
 def test_set_identity(cfg) -> str | None:
     "What chose a run's test images, from its config: None for the whole test split (every seed sees the same images), else its `n_test` and seed (each seed draws its own subset)."
-    return None if cfg.n_test is None else f"{cfg.dataset} n_test={cfg.n_test} seed={cfg.seed}"
+    whole = DATASET_SIZES.get(cfg.dataset, (None, None))[1]          # the test split's size where known (not an image folder's)
+    return None if cfg.n_test is None or (whole is not None and cfg.n_test >= whole) else f"{cfg.dataset} n_test={cfg.n_test} seed={cfg.seed}"
 
 def per_point_correct(evaluation: dict) -> dict:
     "Column -> 1/0 per evaluated point of an evaluation (nan where the attack did not see the point: AutoAttack on a subset)."

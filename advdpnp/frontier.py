@@ -19,7 +19,7 @@ from .stats import accuracy_statistic, bootstrap_interval, bootstrap_sides, mean
 
 # %% auto #0
 __all__ = ['FAMILIES', 'METHOD', 'FAMILY_LABELS', 'KNOB_NAMES', 'TABLE_MEASURES', 'knob_label', 'seeds_label', 'frontier_record',
-           'check_threat_model', 'frontier_table', 'frontier_curve', 'reference_value', 'frontier_replicates',
+           'check_frontier_eps', 'frontier_table', 'frontier_curve', 'reference_value', 'frontier_replicates',
            'dominated', 'verdict_reason', 'frontier_verdict', 'frontier_verdicts', 'plot_frontier', 'attack_check']
 
 # %% ../nbs/09e_frontier.ipynb #3c80f1c9
@@ -50,17 +50,17 @@ def frontier_record(entry: dict, evaluation: dict, test_set: str | None = None) 
 # %% ../nbs/09e_frontier.ipynb #c94404a3
 TABLE_MEASURES = ('clean', 'PGD-20', 'AutoAttack')
 
-def check_threat_model(records: list) -> None:
+def check_frontier_eps(records: list) -> None:
     "Every frontier run must be evaluated at the same ε (whatever it trained at): else one error naming the runs of each ε."
     by_eps = {}
     for r in records:
-        if r.get('eps') is not None: by_eps.setdefault(round(float(r['eps']), 9), []).append(r['run'])
+        by_eps.setdefault('not recorded' if r.get('eps') is None else f"{float(r['eps']):.5f}", []).append(r['run'])
     if len(by_eps) > 1:
-        raise ValueError('frontier runs evaluated at different eps: ' + '; '.join(f"{e:.5f}: {', '.join(runs)}" for e, runs in sorted(by_eps.items())))
+        raise ValueError('frontier runs evaluated at different eps: ' + '; '.join(f"{e}: {', '.join(runs)}" for e, runs in sorted(by_eps.items())))
 
 def _run_rows(records: list, measures=TABLE_MEASURES) -> pd.DataFrame:
     "One row per run: accuracy (%), binomial SE and n of each measure over the points it saw."
-    check_threat_model(records)
+    check_frontier_eps(records)
     rows = []
     for r in records:
         row = {k: r[k] for k in ('family', 'param', 'value', 'seed', 'run')}
@@ -92,13 +92,15 @@ def frontier_curve(robust, clean):
     x, inverse = np.unique(np.round(r[keep], 6), return_inverse=True)   # equal up to float noise: one point
     y = np.bincount(inverse, c[keep]) / np.bincount(inverse)
     if len(x) == 0: return lambda at: np.full(np.shape(at), np.nan)
-    if len(x) == 1: return lambda at: np.where(np.asarray(at, dtype=float) == x[0], y[0], np.nan)
-    return PchipInterpolator(x, y, extrapolate=False)
+    look = lambda at: np.round(np.asarray(at, dtype=float), 6)     # looked up as the points were merged: an end point is in range
+    if len(x) == 1: return lambda at: np.where(look(at) == x[0], y[0], np.nan)
+    curve = PchipInterpolator(x, y, extrapolate=False)
+    return lambda at: curve(look(at))
 
 # %% ../nbs/09e_frontier.ipynb #3082792d
 def _cells(records: list) -> dict:
     "(family, value) -> {seed: record}; a second record of the same family, value and seed is an error."
-    check_threat_model(records)
+    check_frontier_eps(records)
     cells = {}
     for r in records:
         runs = cells.setdefault((r['family'], r['value']), {})
@@ -184,7 +186,8 @@ def frontier_verdicts(records: list, reference: float | None = None, against=FAM
     for family in (f for f in against if points and any(c[0] == f for c in boot['paired'])):
         curves = {kind: _curves(b, family) for kind, b in boot.items()}
         for point in points:
-            row = _verdict_row(family, point, cells[point], boot, curves, level, measure, math.isclose(point[1], reference))
+            runs = {s: r for s, r in cells[point].items() if measure in r['correct']}   # the seeds its mean is over
+            row = _verdict_row(family, point, runs, boot, curves, level, measure, math.isclose(point[1], reference))
             if row['decides'] == 'yes': decided[family] = row['verdict']
             rows.append(row)
     missing = [FAMILY_LABELS.get(f, f) for f in against if f not in decided]

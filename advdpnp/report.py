@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime
 import textwrap
-from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from .evaluate import model_card
 from .files import atomic_write, write_json
 from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_record, frontier_table,
                               frontier_verdicts, plot_frontier, reference_value)
-from .grid import Grid, grid_evaluation, grid_request
+from .grid import Grid, grid_evaluation, grid_request, run_config
 from .runs import RunFolder, robust_key
 from .stats import correlated_mean_se, mean_over_seeds, paired_mean_difference, standard_error
 
@@ -344,7 +343,7 @@ def soundness_rows(runs) -> tuple:
         row = {'run': e['run'], 'dataset': dataset_label(e['dataset']), 'method': e['method'], 'seed': e['seed'], 'verdict': s['verdict'], 'n': s['n']}
         row.update({c['check']: 'pass' if c['passed'] else 'FAIL' for c in s['checks']})
         rows.append({**row, 'minutes': s.get('seconds', np.nan) / 60})
-        details.append(f"**{e['run']}** ({s['n']} points, level {s['level']}): {s['verdict']}\n\n"
+        details.append(f"**{e['run']}** ({s['n']} points, level {s.get('level', 'not recorded')}): {s['verdict']}\n\n"
                        + '\n'.join(f"- {'pass' if c['passed'] else 'FAIL'} `{c['check']}`: {c['detail']}" for c in s['checks']))
     return pd.DataFrame(rows), '\n\n'.join(details)
 
@@ -435,9 +434,7 @@ def claim_runs(grid: Grid, draws: int = 200) -> list:
 def _test_set(grid: Grid, run: str) -> str | None:
     "`test_set_identity` of a grid run: from the config its folder holds (what it ran), else from the grid's parameters."
     path = RunFolder(grid.run_dir(run)).file(RunFolder.CONFIG)
-    if path.exists(): return test_set_identity(load_config(path))
-    p = grid.runs[run].train
-    return test_set_identity(SimpleNamespace(dataset=p.get('dataset'), n_test=p.get('n_test'), seed=p.get('seed', 0)))
+    return test_set_identity(load_config(path) if path.exists() else run_config(grid.runs[run]))
 
 def claim_point_records(grid: Grid) -> list:
     "`run_point_records` of every main run on the CIFAR dataset: its grid evaluation's per-point results and its feature arrays (what the paired intervals resample)."
