@@ -79,7 +79,7 @@ study-cpu: $(STAMP) data/cifar10-jpeg
 	$(PAPERMILL) nbs/study.ipynb runs/study-cpu.ipynb -p scale cpu -p workers 2
 
 # Every table and figure at CPU scale (2 h 25 min on 2 cores with bf16 training on an AVX512-BF16 CPU, before the soundness reports were added;
-# each CIFAR run's report took 22-26 min on one shared core, roughly 1 h 30 min more for the grid) into paper_figures/cpu/; a stopped run resumes.
+# each CIFAR run's report took 15-26 min on one shared core, roughly 1 h 15 min more for the grid) into paper_figures/cpu/; a stopped run resumes.
 paper-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/paper-cpu.ipynb -p scale cpu -p workers 2
