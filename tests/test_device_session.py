@@ -32,7 +32,7 @@ def test_device_session_micro(tmp_path, root):
     write_tiny_imagefolder(tmp_path / 'folder', classes=tuple(f'c{i}' for i in range(10)), per_class=4, size=8)
     run = lambda *args: subprocess.run([sys.executable, '-c', SESSION, *args], cwd=tmp_path, capture_output=True, text=True,
                                        env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '2'})
-    p = run('run', '--out', 'out', '--budget', '600', '--scale', 'micro', '--cifar_dir', 'folder', '--runs_dir', 'runs',
+    p = run('run', '--out', 'out', '--budget', '7200', '--scale', 'micro', '--cifar_dir', 'folder', '--runs_dir', 'runs',
             '--figures', 'figures', '--device', 'cpu', '--compile_mode', 'off', '--max_runs', '1')
     assert p.returncode == 0, p.stderr[-3000:]
     session = json.loads((tmp_path / 'out' / 'session.json').read_text())
