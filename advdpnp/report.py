@@ -408,13 +408,16 @@ def run_times(grid: Grid) -> pd.DataFrame | None:
         marker = folder.file(folder.GRID_EVAL)
         rest = marker.stat().st_mtime - path.stat().st_mtime if path and marker.exists() else 0.0
         sound = ev.get('soundness') if ev else None   # its seconds: recorded since December 2026
-        rows.append({'run': name, 'training': m['train_seconds'] / 60, 'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
+        epochs = folder.history().get('seconds') if folder.file(folder.HISTORY).exists() else None   # per-epoch wall time, where recorded
+        rows.append({'run': name, 'training': m['train_seconds'] / 60,
+                     'training at its median epoch': np.nan if epochs is None else epochs.median() * len(epochs) / 60,
+                     'end-of-training evaluation': m.get('eval_seconds', 0.0) / 60,
                      'attacks': sum(secs.values()) / 60, 'of which AutoAttack': secs.get('autoattack', 0.0) / 60,
                      'soundness report': 0.0 if sound is None else sound.get('seconds', np.nan) / 60,
                      'corruptions and features (file times)': max(rest, 0.0) / 60})
     if not rows: return None
     out = pd.DataFrame(rows).set_index('run')
-    out['total'] = out.drop(columns='of which AutoAttack').sum(axis=1)
+    out['total'] = out.drop(columns=['of which AutoAttack', 'training at its median epoch']).sum(axis=1)
     return out
 
 # %% ../nbs/09_report.ipynb #e245a5c5
