@@ -86,11 +86,12 @@ def frontier_table(records: list, measures=TABLE_MEASURES) -> pd.DataFrame:
 
 # %% ../nbs/09e_frontier.ipynb #8d8c7cea
 def frontier_curve(robust, clean):
-    "Clean accuracy as a function of robust accuracy through a family's points: PCHIP on the points sorted by robust accuracy (equal ones, to 6 decimals, merged, clean averaged); nan outside their range."
+    "Clean accuracy as a function of robust accuracy through a family's points: PCHIP on their upper envelope, the points sorted by robust accuracy (equal ones, to 6 decimals, merged, clean averaged), each clean accuracy lifted to the best at its robustness or above; nan outside their range."
     r, c = np.asarray(robust, dtype=float), np.asarray(clean, dtype=float)
     keep = ~(np.isnan(r) | np.isnan(c))
     x, inverse = np.unique(np.round(r[keep], 6), return_inverse=True)   # equal up to float noise: one point
     y = np.bincount(inverse, c[keep]) / np.bincount(inverse)
+    y = np.maximum.accumulate(y[::-1])[::-1]                          # the upper envelope: what the family reaches at r or more
     if len(x) == 0: return lambda at: np.full(np.shape(at), np.nan)
     look = lambda at: np.round(np.asarray(at, dtype=float), 6)     # looked up as the points were merged: an end point is in range
     if len(x) == 1: return lambda at: np.where(look(at) == x[0], y[0], np.nan)
@@ -141,7 +142,7 @@ def _differences(boot: dict, curves: tuple, point) -> tuple:
     return float(clean - curve(robust)), np.array([c - f(r) for (c, r), f in zip(draws, per_draw)], dtype=float)
 
 def dominated(points) -> int:
-    "How many of a family's (clean, robust) points another of its points beats on both (the dips of its frontier curve)."
+    "How many of a family's (clean, robust) points another of its points beats on both (the points its frontier's envelope lifts)."
     p = np.asarray(points, dtype=float).reshape(-1, 2)
     return int(sum(((p[:, 0] > c) & (p[:, 1] > r)).any() for c, r in p))
 
