@@ -153,13 +153,13 @@ def compare_compiled(cfg: RunConfig, data: ImageData, device, mode: str = 'reduc
             (xa, la), (xb, lb) = out
             rows.append({'step': i + 1, 'loss_eager': la, 'loss_compiled': lb, 'loss_rel_diff': abs(la - lb) / max(abs(la), 1e-12),
                          'example_diff_eps': None if xa is None else ((xa - xb).abs().mean() / max(cfg.eps, 1e-12)).item()})
-    except Exception as e:   # a compiled path that cannot run is a finding, not a crash of the session
+        agree = all(r['loss_rel_diff'] <= loss_tol and (r['example_diff_eps'] is None or r['example_diff_eps'] <= example_tol) for r in rows)
+        out = {'mode': mode, 'agree': agree, 'example_tol': example_tol, 'loss_tol': loss_tol, 'steps': rows}
+        if timed and agree:
+            model, opt, c = pairs[1]
+            out['timing'] = time_steps(lambda x, y: train_step(model, x, y, c, opt), batches, device, warmup=1, steps=timed)
+    except Exception as e:   # a compiled path that cannot run (checked or timed) is a finding, not a crash of the session
         return {'mode': mode, 'agree': False, 'error': f'{type(e).__name__}: {e}'[:2000], 'steps': rows}
-    agree = all(r['loss_rel_diff'] <= loss_tol and (r['example_diff_eps'] is None or r['example_diff_eps'] <= example_tol) for r in rows)
-    out = {'mode': mode, 'agree': agree, 'example_tol': example_tol, 'loss_tol': loss_tol, 'steps': rows}
-    if timed and agree:
-        model, opt, c = pairs[1]
-        out['timing'] = time_steps(lambda x, y: train_step(model, x, y, c, opt), batches, device, warmup=1, steps=timed)
     return out
 
 # Dense bf16 tensor-core peak (TFLOP/s) by the card's name as torch reports it (vendor data sheets, SXM parts).

@@ -14,6 +14,8 @@ import shutil
 import sys
 import tarfile
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +24,7 @@ import torch
 from .benchmark import (UPDATE_PASSES, bf16_peak_tflops, benchmark_step, compare_compiled, machine_info, step_flops,
                                synthetic_data)
 from .config import DATASET_CLASSES, DATASET_SIZES, training_size
-from .data import batch_indices
+from .data import batch_indices, load_test_split
 from .evaluate import EVAL_STEPS, evaluate_run
 from .files import read_json, write_json
 from .models import build_model
@@ -33,10 +35,11 @@ from .train import prepare_model, resolve_device, train, training_precision
 
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
-           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'ATTACK_NAMES', 'card_slug',
-           'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds',
-           'pack_run', 'run_benchmark', 'committed_runs', 'device_session', 'results_table', 'paired_comparison',
-           'collect', 'main']
+           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'ATTACK_NAMES',
+           'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds',
+           'eval_pass_seconds', 'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds',
+           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'results_table',
+           'paired_comparison', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -90,7 +93,8 @@ def eval_pass_seconds(cfg, device, batch: int = 512, repeats: int = 3) -> float:
     "Seconds per image of one fp32 forward and input-gradient pass of `cfg`'s network in eval mode at `batch` (an attack step)."
     device = torch.device(device)
     shape, classes = INPUT_SHAPES.get(cfg.dataset, (3, 32, 32)), DATASET_CLASSES.get(cfg.dataset, 10)
-    model = prepare_model(build_model(dataclasses.replace(cfg, compile_mode='off'), shape, classes).to(device), cfg).eval()
+    eager = dataclasses.replace(cfg, compile_mode='off')        # evaluation runs eagerly: so is its pass timed
+    model = prepare_model(build_model(eager, shape, classes).to(device), eager).eval()
     x, y = torch.rand(batch, *shape, device=device), torch.randint(0, classes, (batch,), device=device)
     def once():
         xa = x.clone().requires_grad_(True)
@@ -110,10 +114,12 @@ def pack_run(folder: RunFolder, request: dict | None, out) -> Path:
     out, evaluation = Path(out), None if request is None else folder.evaluation_path(request)
     if request is not None and evaluation is None: raise FileNotFoundError(f'{folder.path} holds no evaluation of {request}')
     archive = out / f'{folder.path.name}.tar.gz'
-    with tarfile.open(archive, 'w:gz') as tar:
+    part = archive.with_name(archive.name + '.part')         # renamed when complete: a command cut short leaves no truncated archive
+    with tarfile.open(part, 'w:gz') as tar:
         for name in (folder.CONFIG, folder.METRICS, folder.HISTORY, folder.CURVES):
             if folder.file(name).exists(): tar.add(folder.file(name), arcname=f'{folder.path.name}/{name}')
         if evaluation is not None: tar.add(evaluation, arcname=f'{folder.path.name}/{EVALUATION}')
+    part.replace(archive)
     return archive
 
 # %% ../nbs/12_device.ipynb #c4cc8e63
@@ -168,10 +174,52 @@ def _unpack_cifar(tar, cifar_dir) -> None:
     with tarfile.open(tar) as t: t.extractall(cifar_dir.parent, filter='data')
     if not (cifar_dir / 'train').is_dir(): raise FileNotFoundError(f'{tar} did not unpack into {cifar_dir}/train')
 
+MAX_ARCHIVES = 6   # a device command returns at most 8 files: session.json, benchmark.json and six run archives
+
+def benchmark_complete(bench: dict | None) -> bool:
+    "Whether a benchmark timed every `BENCH_METHODS` and no compiled check was skipped for time (a failed check is a finding, kept)."
+    if not bench: return False
+    rows = {r['method']: r for r in bench['rows'] if 'agreement' in r}
+    return all(m in rows and 'skipped' not in rows[m]['agreement'] for m in BENCH_METHODS)
+
+def decode_seconds(cfg, sample: int = 500) -> float:
+    "Seconds per image to load `cfg`'s dataset, from a class-balanced `sample` of its test split (an image folder decodes JPEG files; torchvision's arrays cost almost nothing)."
+    t0 = time.perf_counter()
+    n = len(load_test_split(cfg.dataset, cfg.data_dir, min(sample, cfg.n_test or sample), cfg.seed, cfg.download).y_test)
+    return (time.perf_counter() - t0) / max(n, 1)
+
+def loaded_images(cfg) -> int:
+    "Images a run of `cfg` loads: its training set and test split for training, the test split again for its evaluation."
+    n_train, n_test = DATASET_SIZES.get(cfg.dataset, (None, None))
+    return (cfg.n_train or n_train or 50_000) + 2 * (cfg.n_test or n_test or 10_000)   # an image folder: CIFAR-10's sizes
+
+def step_seconds(bench: dict | None, method: str, mode: str) -> float | None:
+    "The benchmark's step time of `method` on the path `mode` runs (eager for 'off'); None if it did not time that."
+    path = 'eager' if mode == 'off' else mode
+    return next((r['step_s'] for r in (bench or {}).get('rows', []) if r['method'] == method and r['path'] == path), None)
+
+def scaled_step(bench: dict | None, method: str, mode: str, eager_s: float) -> float:
+    "An eager step time of `method` carried to the path `mode` by the compiled-to-eager ratio of the benchmarked method with as many update passes (as it is for 'off' or without that ratio)."
+    like = next((m for m in BENCH_METHODS if UPDATE_PASSES[m] == UPDATE_PASSES[method]), BENCH_METHODS[0])
+    compiled, plain = step_seconds(bench, like, mode), step_seconds(bench, like, 'off')
+    return eager_s * compiled / plain if mode != 'off' and compiled and plain else eager_s
+
+def step_estimate(bench: dict | None, cfg, mode: str, device) -> float:
+    "Seconds per training step of `cfg` on the path `mode`: the benchmark's where it timed the method, else the method's eager step timed now and `scaled_step` (compiling only to estimate would cost a compilation)."
+    if (s := step_seconds(bench, cfg.method, mode)) is not None: return s
+    eager = benchmark_step(dataclasses.replace(cfg, compile_mode='off'), synthetic_data(cfg.batch_size * 4), 'fast',
+                           torch.device(device), warmup=1, steps=2)['step_s']
+    return scaled_step(bench, cfg.method, mode, eager)
+
+def _train_or_reuse(cfg, run_dir, progress: bool) -> dict:
+    "The metrics of the run in `run_dir`: trained now (or resumed), or read back if it finished already (an evaluation retried)."
+    folder = RunFolder(run_dir)
+    return folder.metrics() if folder.finished else train(cfg, progress=progress).metrics
+
 def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', cifar_dir='data/cifar10-jpeg', cifar_tar=None,
                    runs_dir='runs/device-session', figures='paper_figures', device: str = 'auto', benchmark: bool = True,
                    compile_mode: str = 'reduce-overhead', max_runs: int | None = None, progress: bool = False) -> dict:
-    "A device session within `budget_s` seconds: card, benchmark, then the runs of `scale` in `PRIORITY` order that are not committed and fit; every finished run packed into `out` at once."
+    "A device session within `budget_s` seconds: card, benchmark, then the runs of `scale` in `PRIORITY` order that are not committed and fit; every finished run packed into `out` at once; a run that fails is recorded and the session goes on (a compiled one is retried eagerly)."
     t0, out = time.monotonic(), Path(out)
     left = lambda: budget_s - (time.monotonic() - t0)
     out.mkdir(parents=True, exist_ok=True)
@@ -187,45 +235,63 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     save = lambda: write_json(out / 'session.json', {**session, 'elapsed_s': round(time.monotonic() - t0, 1)})
     print(f"device session on {card['card']} (torch {card['torch']}), budget {budget_s:.0f} s; {grid.description}", flush=True)
     save()
-    bench = None
-    if benchmark and not bench_file.exists():
+    bench = read_json(bench_file, 'committed benchmark') if bench_file.exists() else None
+    if benchmark and not benchmark_complete(bench):      # none committed, or a compiled check was skipped for time
         bench = run_benchmark(grid, device, compile_mode, time_left=left, save=lambda b: write_json(out / 'benchmark.json', b))
-    elif bench_file.exists(): bench = read_json(bench_file, 'committed benchmark')
     mode = compile_mode if bench and bench['use_compiled'] else 'off'
+    compile_s = max((r['agreement'].get('seconds', 0.0) for r in (bench or {}).get('rows', []) if 'agreement' in r), default=0.0)
     session.update(compile_mode=mode, benchmark_committed=bench_file.exists()); save()
-    eval_s, pass_s, latency_s, done = None, 0.0, 0.0, 0
-    for name in priority_runs(grid):
+    eval_s, pass_s, latency_s, done, factor, compiled_once = None, 0.0, 0.0, 0, 1.0, False
+    decode_s = None
+    queue, retried = list(priority_runs(grid)), set()
+    while queue:
+        name = queue.pop(0)
         run = grid.runs[name]
         if name in committed:
             session['runs'].append({'run': name, 'done': 'skipped: results committed'}); continue
         if max_runs is not None and done >= max_runs:
             session['runs'].append({'run': name, 'done': f'skipped: max_runs={max_runs}'}); continue
+        if len(list(out.glob('*.tar.gz'))) >= MAX_ARCHIVES and not (out / f'{name}.tar.gz').exists():
+            session['runs'].append({'run': name, 'done': f'skipped: {MAX_ARCHIVES} archives in the output (at most 8 files come back)'}); continue
         cfg = dataclasses.replace(run_config(run), compile_mode=mode)
         e = run.evaluate
         request = evaluation_request(cfg, e['attacks'].split(','), e['n_eval'], e.get('n_autoattack'), None, e['soundness'])
-        step_s = (bench or {}).get('step_s', {}).get(cfg.method) or benchmark_step(cfg, synthetic_data(cfg.batch_size * 4), 'fast',
-                                                                                  device, warmup=1, steps=2)['step_s']
+        step_s = step_estimate(bench, cfg, mode, device)
         n_train = training_size(cfg.n_train or DATASET_SIZES[cfg.dataset][0] or 50_000, cfg)   # an image folder: CIFAR-10's 50,000
         if eval_s is None: pass_s, latency_s = eval_pass_seconds(cfg, device), eval_pass_seconds(cfg, device, batch=1)
-        estimate = estimate_seconds(cfg, n_train, step_s, request, pass_s, latency_s, eval_s)
+        if decode_s is None: decode_s = decode_seconds(cfg)
+        raw = (estimate_seconds(cfg, n_train, step_s, request, pass_s, latency_s, eval_s) + decode_s * loaded_images(cfg)
+               + (compile_s if mode != 'off' and not compiled_once else 0.0))
+        estimate = factor * raw
         if estimate > left():
             session['runs'].append({'run': name, 'done': f'skipped: estimated {estimate:.0f} s, {max(left(), 0):.0f} s left'}); save(); continue
-        print(f'{name}: training (estimated {estimate:.0f} s with its evaluation, {left():.0f} s left)', flush=True)
-        t_run = time.monotonic()
-        trained = train(cfg, progress=progress)
-        t_eval = time.monotonic()
-        pack_run(RunFolder(trained.run_dir), None, out)   # the trained run comes back even if the evaluation is cut short
-        session['runs'].append({'run': name, 'done': 'trained; evaluating', 'train_s': round(t_eval - t_run, 1)}); save()
-        session['runs'].pop()
-        ev = evaluate_run(trained.run_dir, request['attacks'], e['n_eval'], batch_size='auto', soundness=e['soundness'],
-                          device=str(device), progress=progress, n_autoattack=e.get('n_autoattack'))
-        eval_s = time.monotonic() - t_eval
-        archive = pack_run(RunFolder(trained.run_dir), request, out)
+        print(f'{name}: training (estimated {estimate:.0f} s with its evaluation, {left():.0f} s left; compile_mode {mode})', flush=True)
+        t_run, stage = time.monotonic(), 'training'
+        try:
+            metrics = _train_or_reuse(cfg, grid.run_dir(name), progress)
+            t_eval, stage = time.monotonic(), 'evaluation'
+            pack_run(RunFolder(grid.run_dir(name)), None, out)   # the trained run comes back even if the evaluation is cut short
+            session['runs'].append({'run': name, 'done': 'trained; evaluating', 'train_s': round(t_eval - t_run, 1)}); save()
+            session['runs'].pop()
+            ev = evaluate_run(grid.run_dir(name), request['attacks'], e['n_eval'], batch_size='auto', soundness=e['soundness'],
+                              device=str(device), progress=progress, n_autoattack=e.get('n_autoattack'))
+            eval_s = time.monotonic() - t_eval
+            archive = pack_run(RunFolder(grid.run_dir(name)), request, out)
+        except Exception as err:   # one run's failure is a finding; the budget left goes to the next
+            again = stage == 'training' and mode != 'off' and name not in retried
+            session['runs'].append({'run': name, 'done': f'failed in {stage} ({type(err).__name__}: {err})'[:600], 'compile_mode': mode,
+                                    'traceback': traceback.format_exc()[-4000:]})
+            print(f"{name}: FAILED in {stage} with compile_mode {mode}: {type(err).__name__}: {err}"
+                  + ('; retrying it eagerly, and every later run eager' if again else ''), flush=True)
+            if again: mode, session['compile_mode'] = 'off', f'off (compile_mode {mode} failed in {name})'; retried.add(name); queue.insert(0, name)
+            save(); continue
         done += 1
+        compiled_once |= mode != 'off'
+        factor = max(factor, (time.monotonic() - t_run) / raw)       # a run that took longer than estimated: later estimates grow with it
         session['runs'].append({'run': name, 'done': 'trained+evaluated', 'archive': archive.name, 'estimated_s': round(estimate, 1),
-                                'train_s': round(t_eval - t_run, 1), 'eval_s': round(eval_s, 1),
-                                'clean': trained.metrics['clean_acc'], 'worst_case': ev['worst_case'], 'n': ev['n']})
-        print(f"{name}: done in {time.monotonic() - t_run:.0f} s; clean {100 * trained.metrics['clean_acc']:.1f} %, "
+                                'train_s': round(t_eval - t_run, 1), 'eval_s': round(eval_s, 1), 'compile_mode': mode,
+                                'clean': metrics['clean_acc'], 'worst_case': ev['worst_case'], 'n': ev['n']})
+        print(f"{name}: done in {time.monotonic() - t_run:.0f} s (estimated {estimate:.0f}); clean {100 * metrics['clean_acc']:.1f} %, "
               f"worst case {100 * ev['worst_case']:.1f} % (n {ev['n']}) -> {archive}", flush=True)
         save()
     save()
@@ -281,7 +347,10 @@ def collect(source, figures='paper_figures') -> dict:
     results = figures / session['scale'] / card['slug']
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
     for archive in sorted(source.glob('*.tar.gz')):
-        with tarfile.open(archive) as t: t.extractall(results, filter='data')   # members are <run>/<file>; nothing outside
+        try:
+            with tarfile.open(archive) as t: t.extractall(results, filter='data')   # members are <run>/<file>; nothing outside
+        except (tarfile.TarError, EOFError, OSError) as e:   # cut short while written by an older session: the others are still filed
+            warnings.warn(f'{archive}: cannot be read ({type(e).__name__}: {e}); not filed, its run is redone by a later session')
     shutil.copyfile(source / 'session.json', results / 'sessions' / f"{session['started'].replace(':', '')}.json")
     filed = {'results': str(results)}
     if (source / 'benchmark.json').exists():

@@ -460,7 +460,7 @@ def load_run_test_points(run_dir, n_eval: int | None = None, device: str = 'cpu'
     "A run's model and config, and the class-balanced first `n_eval` points of its test (sub)set (all if None); nested in n_eval. An evaluation folder of a model trained elsewhere: `load_foreign_test_points`."
     if RunFolder(run_dir).file(RunFolder.MODEL).exists(): return load_foreign_test_points(run_dir, n_eval, device)
     model, cfg, ckpt = load_run(run_dir, device)
-    data = load_data(cfg)
+    data = load_test_split(cfg.dataset, cfg.data_dir, cfg.n_test, cfg.seed, cfg.download)   # the run's test (sub)set; no training image decoded
     idx = balanced_subset(data.y_test, n_eval, cfg.seed)
     return TestPoints(model, cfg, ckpt['sha256'], data.x_test[idx], data.y_test[idx], idx, tuple(data.classes))
 
