@@ -21,7 +21,7 @@ from tqdm import tqdm
 from .attacks import (NORMS, STEP_FRACTION, ThreatModel, correct_under_attack, eps_problem, eval_mode, model_device,
                              pgd_attack, to_uint8_toward)
 from .config import DATASETS, PRESET_VALUES, name_problems
-from .data import balanced_subset, batch_indices, load_data, load_test_split, to_float
+from .data import balanced_subset, batch_indices, load_test_split, to_float
 from .foreign import check_input_range, load_foreign_model
 from .models import DEFAULT_WIDTHS
 from .files import atomic_write, file_sha256, indices_sha256, json_sha256, read_json, write_json
