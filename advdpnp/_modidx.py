@@ -284,6 +284,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'advdpnp.device_session.results_table': ('device.html#results_table', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.run_benchmark': ('device.html#run_benchmark', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.scaled_step': ('device.html#scaled_step', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session.split_sizes': ('device.html#split_sizes', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.step_estimate': ('device.html#step_estimate', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.step_seconds': ('device.html#step_seconds', 'advdpnp/device_session.py')},
             'advdpnp.evaluate': { 'advdpnp.evaluate.EvalOptions': ('evaluate.html#evaloptions', 'advdpnp/evaluate.py'),

@@ -38,8 +38,8 @@ __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES',
            'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'ATTACK_NAMES',
            'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds',
            'eval_pass_seconds', 'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds',
-           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'results_table',
-           'paired_comparison', 'collect', 'main']
+           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
+           'results_table', 'paired_comparison', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -188,10 +188,15 @@ def decode_seconds(cfg, sample: int = 500) -> float:
     n = len(load_test_split(cfg.dataset, cfg.data_dir, min(sample, cfg.n_test or sample), cfg.seed, cfg.download).y_test)
     return (time.perf_counter() - t0) / max(n, 1)
 
+def split_sizes(cfg) -> tuple:
+    "(training, test) images of `cfg`'s dataset as it runs them: its subsets where set, else the dataset's sizes (an image folder: CIFAR-10's)."
+    n_train, n_test = DATASET_SIZES.get(cfg.dataset, (None, None))
+    return cfg.n_train or n_train or 50_000, cfg.n_test or n_test or 10_000
+
 def loaded_images(cfg) -> int:
     "Images a run of `cfg` loads: its training set and test split for training, the test split again for its evaluation."
-    n_train, n_test = DATASET_SIZES.get(cfg.dataset, (None, None))
-    return (cfg.n_train or n_train or 50_000) + 2 * (cfg.n_test or n_test or 10_000)   # an image folder: CIFAR-10's sizes
+    n_train, n_test = split_sizes(cfg)
+    return n_train + 2 * n_test
 
 def step_seconds(bench: dict | None, method: str, mode: str) -> float | None:
     "The benchmark's step time of `method` on the path `mode` runs (eager for 'off'); None if it did not time that."
@@ -211,9 +216,8 @@ def step_estimate(bench: dict | None, cfg, mode: str, device) -> float:
                            torch.device(device), warmup=1, steps=2)['step_s']
     return scaled_step(bench, cfg.method, mode, eager)
 
-def _train_or_reuse(cfg, run_dir, progress: bool) -> dict:
-    "The metrics of the run in `run_dir`: trained now (or resumed), or read back if it finished already (an evaluation retried)."
-    folder = RunFolder(run_dir)
+def _train_or_reuse(cfg, folder: RunFolder, progress: bool) -> dict:
+    "The metrics of the run in `folder`: trained now (or resumed), or read back if it finished already (an evaluation retried)."
     return folder.metrics() if folder.finished else train(cfg, progress=progress).metrics
 
 def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', cifar_dir='data/cifar10-jpeg', cifar_tar=None,
@@ -241,8 +245,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     mode = compile_mode if bench and bench['use_compiled'] else 'off'
     compile_s = max((r['agreement'].get('seconds', 0.0) for r in (bench or {}).get('rows', []) if 'agreement' in r), default=0.0)
     session.update(compile_mode=mode, benchmark_committed=bench_file.exists()); save()
-    eval_s, pass_s, latency_s, done, factor, compiled_once = None, 0.0, 0.0, 0, 1.0, False
-    decode_s = None
+    eval_s, decode_s, pass_s, latency_s, done, factor, compiled_once = None, None, 0.0, 0.0, 0, 1.0, False
     queue, retried = list(priority_runs(grid)), set()
     while queue:
         name = queue.pop(0)
@@ -257,7 +260,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
         e = run.evaluate
         request = evaluation_request(cfg, e['attacks'].split(','), e['n_eval'], e.get('n_autoattack'), None, e['soundness'])
         step_s = step_estimate(bench, cfg, mode, device)
-        n_train = training_size(cfg.n_train or DATASET_SIZES[cfg.dataset][0] or 50_000, cfg)   # an image folder: CIFAR-10's 50,000
+        n_train = training_size(split_sizes(cfg)[0], cfg)
         if eval_s is None: pass_s, latency_s = eval_pass_seconds(cfg, device), eval_pass_seconds(cfg, device, batch=1)
         if decode_s is None: decode_s = decode_seconds(cfg)
         raw = (estimate_seconds(cfg, n_train, step_s, request, pass_s, latency_s, eval_s) + decode_s * loaded_images(cfg)
@@ -266,17 +269,17 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
         if estimate > left():
             session['runs'].append({'run': name, 'done': f'skipped: estimated {estimate:.0f} s, {max(left(), 0):.0f} s left'}); save(); continue
         print(f'{name}: training (estimated {estimate:.0f} s with its evaluation, {left():.0f} s left; compile_mode {mode})', flush=True)
-        t_run, stage = time.monotonic(), 'training'
+        t_run, stage, folder = time.monotonic(), 'training', RunFolder(grid.run_dir(name))
         try:
-            metrics = _train_or_reuse(cfg, grid.run_dir(name), progress)
+            metrics = _train_or_reuse(cfg, folder, progress)
             t_eval, stage = time.monotonic(), 'evaluation'
-            pack_run(RunFolder(grid.run_dir(name)), None, out)   # the trained run comes back even if the evaluation is cut short
+            pack_run(folder, None, out)   # the trained run comes back even if the evaluation is cut short
             session['runs'].append({'run': name, 'done': 'trained; evaluating', 'train_s': round(t_eval - t_run, 1)}); save()
             session['runs'].pop()
-            ev = evaluate_run(grid.run_dir(name), request['attacks'], e['n_eval'], batch_size='auto', soundness=e['soundness'],
+            ev = evaluate_run(folder.path, request['attacks'], e['n_eval'], batch_size='auto', soundness=e['soundness'],
                               device=str(device), progress=progress, n_autoattack=e.get('n_autoattack'))
             eval_s = time.monotonic() - t_eval
-            archive = pack_run(RunFolder(grid.run_dir(name)), request, out)
+            archive = pack_run(folder, request, out)
         except Exception as err:   # one run's failure is a finding; the budget left goes to the next
             again = stage == 'training' and mode != 'off' and name not in retried
             session['runs'].append({'run': name, 'done': f'failed in {stage} ({type(err).__name__}: {err})'[:600], 'compile_mode': mode,
