@@ -86,7 +86,7 @@ paper-cpu: $(STAMP) data/cifar10-jpeg
 
 # Claim 1 against the baselines' trade-off frontier at CPU scale (09a_grid, 09e_frontier): TRADES beta, PGD-AT's
 # training eps and Adv-DPNP's beta, three seeds of each main-table point; reuses the CPU table's run folders (resumes).
-# Its 11 runs of its own take about 3.5 h on 2 cores (estimated from the CPU table's stage times: 15-20 min training, ~20 min AutoAttack each).
+# Its 11 runs of its own took 546 min of run time (about 4.5 h at two at a time; 3.8 h at the pace of runs with the cores to themselves, 38-45 min each).
 frontier-cpu: $(STAMP) data/cifar10-jpeg
 	mkdir -p runs
 	$(PAPERMILL) nbs/paper.ipynb runs/frontier-cpu.ipynb -p scale cpu -p workers 2 -p parts frontier -p figures_dir paper_figures/frontier-cpu

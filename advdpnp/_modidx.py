@@ -387,6 +387,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'advdpnp.frontier': { 'advdpnp.frontier._cells': ('frontier.html#_cells', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._curves': ('frontier.html#_curves', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._differences': ('frontier.html#_differences', 'advdpnp/frontier.py'),
+                                  'advdpnp.frontier._in_range': ('frontier.html#_in_range', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._panel': ('frontier.html#_panel', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._run_rows': ('frontier.html#_run_rows', 'advdpnp/frontier.py'),
                                   'advdpnp.frontier._verdict_row': ('frontier.html#_verdict_row', 'advdpnp/frontier.py'),

@@ -158,11 +158,17 @@ def frontier_verdict(delta: float, low: float, high: float) -> str:
     return SUPPORTED if low > 0 else NOT_SUPPORTED if high < 0 else UNRESOLVED
 
 # %% ../nbs/09e_frontier.ipynb #c7d3d398
+def _in_range(replicates, level: float) -> tuple:
+    "The percentile interval of the draws that have a Δ (Adv-DPNP's robustness inside the family's resampled range): a description of the spread where the rule's interval is open, never the verdict's."
+    inside = replicates[~np.isnan(replicates)]
+    return bootstrap_interval(inside, level) if len(inside) else (np.nan, np.nan)
+
 def _verdict_row(family: str, point, runs: dict, boot: dict, curves: dict, level: float, measure: str, decides: bool) -> dict:
     "One row of `frontier_verdicts`: the point, the family's frontier there, Δ with its paired and unpaired intervals, the verdict."
     delta, paired = _differences(boot['paired'], curves['paired'], point)
-    low, high = bootstrap_interval(paired, level)
-    unpaired_low, unpaired_high = bootstrap_interval(_differences(boot['unpaired'], curves['unpaired'], point)[1], level)
+    unpaired = _differences(boot['unpaired'], curves['unpaired'], point)[1]
+    (low, high), (unpaired_low, unpaired_high) = bootstrap_interval(paired, level), bootstrap_interval(unpaired, level)
+    (in_low, in_high), (u_in_low, u_in_high) = _in_range(paired, level), _in_range(unpaired, level)   # description only
     clean, robust = boot['paired'][point][0]
     family_points = [e for (f, _), (e, _) in boot['paired'].items() if f == family]     # (clean, robust) estimates
     family_robust = [e[1] for e in family_points]
@@ -171,8 +177,11 @@ def _verdict_row(family: str, point, runs: dict, boot: dict, curves: dict, level
             'seeds': ', '.join(map(str, sorted(runs))), f'{measure} of point': robust, 'clean of point': clean,
             f'family {measure} range': f'{min(family_robust):.1f}-{max(family_robust):.1f}', 'frontier clean': clean - delta,
             'difference': delta, 'low': low, 'high': high, 'unpaired low': unpaired_low, 'unpaired high': unpaired_high,
-            'width ratio (unpaired / paired)': (unpaired_high - unpaired_low) / (high - low) if high > low else np.nan,
-            'draws outside range (%)': 100 * np.isnan(paired).mean(), 'dominated family points': dominated(family_points),
+            'draws outside range (%)': 100 * np.isnan(paired).mean(), 'unpaired draws outside range (%)': 100 * np.isnan(unpaired).mean(),
+            'low, draws in range': in_low, 'high, draws in range': in_high,
+            'unpaired low, draws in range': u_in_low, 'unpaired high, draws in range': u_in_high,
+            'width ratio (unpaired / paired, draws in range)': (u_in_high - u_in_low) / (in_high - in_low) if in_high > in_low else np.nan,
+            'dominated family points': dominated(family_points),
             'decides': 'yes' if decides else 'no (another knob value)', 'verdict': frontier_verdict(delta, low, high),
             'reason': verdict_reason(delta, low, high)}
 

@@ -650,12 +650,15 @@ def write_frontier(out: Artifacts, draws: int = 2000) -> None:
     out.manifest['frontier'] = {**listed, 'files': listed['files'] + out.manifest['frontier']['files']}   # one artifact: table and figure
     verdicts = frontier_verdicts(records, reference_value(records, METHOD, _preset_value(grid, records)), draws=draws)
     note = (f"Rule (09e_frontier): supported if the paired interval lies above 0, not supported if below, else not resolvable "
-            f"(also where Adv-DPNP's AutoAttack accuracy lies outside the family's range: no extrapolation); overall supported only "
+            f"(also where Adv-DPNP's AutoAttack accuracy lies outside the family's range, or does in more than 2.5 % of the draws, which "
+            f"leaves the interval open: no extrapolation); overall supported only "
             f"against every family ({', '.join(FAMILY_LABELS[f] for f in FAMILIES)}). MART has no knob in the grid: claim 1 against "
             f"MART is the one-point comparison of claims.")
     out.table(verdicts, 'frontier_claims', f"Claim 1 against the trade-off frontier: Adv-DPNP's clean accuracy minus each family's "
               f"frontier at Adv-DPNP's AutoAttack accuracy (points of clean accuracy), 95 % interval from a paired bootstrap over "
-              f"test points and seeds ({draws} draws, the frontier rebuilt in each), the unpaired one beside it; a knob value run on "
+              f"test points and seeds ({draws} draws, the frontier rebuilt in each), the unpaired one beside it, and for both the share of "
+              f"draws outside the family's range and the interval of the draws inside it (', draws in range': a description, not the "
+              f"rule's); a knob value run on "
               f"one seed brings no seed-to-seed variation into the interval (09e_frontier); {setting}",
               runs, extra=note, index=False)
     check = attack_check(records)

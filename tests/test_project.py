@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import papermill
 import yaml
 from packaging.specifiers import SpecifierSet
@@ -127,24 +129,42 @@ def test_every_component_notebook_exports_its_module(root):
 
 
 QUOTED = re.compile(r'(?<![\d.])(\d+\.\d) ± (\d+\.\d)(?!\d)')
+INTERVAL = re.compile(r'\[([+−-]?\d+\.\d), ([+−-]?\d+\.\d)\]')
+DELTA = re.compile(r'Δ ([+−-]?\d+\.\d)(?!\d)')
 
 
-def quoted_cpu_results(root: Path) -> list:
-    "(file, 'a ± b') of every accuracy quoted in prose about the CPU table: a notebook's paragraph that names `paper_figures/cpu/`, and paper_figures/README.md's section on `cpu/` (format examples in backticks aside)."
-    texts = []
+def quoted_results(root: Path, folder: str, pattern=QUOTED) -> list:
+    "(file, match) of every `pattern` quoted in prose about `paper_figures/<folder>/`: a notebook's paragraph that names it, and paper_figures/README.md's section whose heading names (`<folder>/`) (format examples in backticks aside)."
+    names, texts = re.compile(rf'paper_figures/{re.escape(folder)}(?![\w-])'), []
     for path in sorted((root / 'nbs').glob('*.ipynb')):
         for cell in json.loads(path.read_text())['cells']:
             if cell['cell_type'] == 'markdown':
-                texts += [(path.name, p) for p in re.split(r'\n\s*\n', ''.join(cell['source'])) if 'paper_figures/cpu' in p]
+                texts += [(path.name, p) for p in re.split(r'\n\s*\n', ''.join(cell['source'])) if names.search(p)]
     readme = (root / 'paper_figures' / 'README.md').read_text()
-    texts += [('paper_figures/README.md', s) for s in re.split(r'\n(?=#+ )', readme) if s.startswith('#') and '(`cpu/`)' in s.splitlines()[0]]
-    return [(name, m.group(0)) for name, text in texts for m in QUOTED.finditer(re.sub(r'`[^`\n]*`', '', text))]
+    texts += [('paper_figures/README.md', s) for s in re.split(r'\n(?=#+ )', readme) if s.startswith('#') and f'(`{folder}/`)' in s.splitlines()[0]]
+    return [(name, m) for name, text in texts for m in pattern.finditer(re.sub(r'`[^`\n]*`', '', text))]
 
 
 def test_quoted_cpu_results_are_the_committed_ones(root):
-    "Numbers quoted about the CPU table are in its committed tables: regenerating paper_figures/cpu/ makes stale prose fail here."
-    quoted = quoted_cpu_results(root)
-    assert len({n for n, _ in quoted}) >= 2, quoted     # 02_models and paper_figures/README.md quote it: the test is not vacuous
-    committed = {m.group(0) for p in (root / 'paper_figures' / 'cpu').glob('*.md') for m in QUOTED.finditer(p.read_text())}
-    stale = sorted({q for q in quoted if q[1] not in committed})
-    assert not stale, f'quoted but not in paper_figures/cpu/*.md (update the prose): {stale}'
+    "Numbers quoted about the CPU table and the frontier are in their committed tables: regenerating paper_figures/cpu/ or frontier-cpu/ makes stale prose fail here."
+    for folder, quoting in (('cpu', 2), ('frontier-cpu', 1)):
+        quoted = [(n, m.group(0)) for n, m in quoted_results(root, folder)]
+        assert len({n for n, _ in quoted}) >= quoting, (folder, quoted)   # the prose quotes it: the test is not vacuous
+        committed = {m.group(0) for p in (root / 'paper_figures' / folder).glob('*.md') for m in QUOTED.finditer(p.read_text())}
+        stale = sorted({q for q in quoted if q[1] not in committed})
+        assert not stale, f'quoted but not in paper_figures/{folder}/*.md (update the prose): {stale}'
+
+
+def test_quoted_frontier_verdicts_are_the_committed_ones(root):
+    "Every interval '[low, high]' and every 'Δ x' quoted about the frontier is in frontier_claims.csv (any of its intervals: paired, unpaired, of the draws in range), to one decimal."
+    number = lambda t: round(float(t.replace('−', '-')), 1) + 0.0
+    claims = pd.read_csv(root / 'paper_figures' / 'frontier-cpu' / 'frontier_claims.csv')
+    columns = [(lo, lo.replace('low', 'high')) for lo in claims.columns if 'low' in lo]
+    assert len(columns) == 4, columns     # paired, unpaired, and each of the draws in range
+    intervals = {(number(str(r[lo])), number(str(r[hi]))) for _, r in claims.iterrows() for lo, hi in columns if np.isfinite(r[lo]) and np.isfinite(r[hi])}
+    deltas = {number(str(d)) for d in claims['difference'].dropna()}
+    quoted = [(n, m.group(0), tuple(map(number, m.groups())), intervals) for n, m in quoted_results(root, 'frontier-cpu', INTERVAL)]
+    quoted += [(n, m.group(0), number(m.group(1)), deltas) for n, m in quoted_results(root, 'frontier-cpu', DELTA)]
+    assert len(quoted) >= 4, 'the frontier section quotes too few numbers: the test would be vacuous'
+    stale = sorted({(n, q) for n, q, v, known in quoted if v not in known})
+    assert not stale, f'quoted but not in paper_figures/frontier-cpu/frontier_claims.csv (update the prose): {stale}'
