@@ -102,7 +102,8 @@ gpu-carry: $(STAMP)
 	  [shutil.copytree(pathlib.Path(m.__file__).parent, pathlib.Path('$(CARRY)/site', m.__name__), \
 	   ignore=shutil.ignore_patterns('model_test.pt', '__pycache__')) for m in (pyautoattack, tqdm, fastcore)]"
 	cp $(CIFAR_TAR) $(CARRY)/cifar10-jpeg.tar.gz
-	du -sh $(CARRY) $(CARRY)/*
+	du -shc $(CARRY)/site/* $(CARRY)/cifar10-jpeg.tar.gz
+	@size=$$(du -sb $(CARRY) | cut -f1); test $$size -le 67108864 || { echo "$(CARRY)/ is $$size bytes: over the device tool's 64 MiB carry limit"; exit 1; }
 
 # File what a device session returned (FROM: the folder holding session.json) under paper_figures/.
 gpu-collect: $(STAMP)

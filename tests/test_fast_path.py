@@ -9,7 +9,8 @@ ingredient is checked where it can be checked exactly:
 2. channels-last: the same adversarial examples up to a few sign flips, and the same update given the same
    examples up to float rounding;
 3. bf16 autocast: the gradient of one update points the same way as fp32's (cosine > 0.95; bf16 keeps
-   8 bits of mantissa)."""
+   8 bits of mantissa);
+4. compile_mode: the compiled step gives the eager step's examples and losses, and really is compiled."""
 import pytest
 import torch
 
@@ -101,3 +102,17 @@ def test_compiled_step_matches_eager_on_cpu():
     r = compare_compiled(cfg, synthetic_data(48, (1, 8, 8)), 'cpu', mode='default', steps=3)
     assert r['agree'], r
     assert all(s['loss_rel_diff'] < 1e-4 and s['example_diff_eps'] < 1e-3 for s in r['steps']), r['steps']
+
+
+def test_compile_mode_really_compiles_the_backbone():
+    """4b. compile_mode='default' is not a silent no-op: a forward hook inside the backbone runs under torch.compile
+    (`torch.compiler.is_compiling()`) only then, so the agreement above compares two paths, not eager with itself."""
+    seen = []
+    for mode in ('off', 'default'):
+        cfg = RunConfig(method='pgd_at', width=4, compile_mode=mode)
+        torch.manual_seed(0)
+        model = build_model(cfg, (1, 8, 8), 10)
+        inner = list(model.backbone.modules())[-1]        # the backbone's last layer: inside the compiled region
+        inner.register_forward_hook(lambda m, i, o, mode=mode: seen.append((mode, torch.compiler.is_compiling())))
+        prepare_model(model, cfg)(torch.rand(4, 1, 8, 8))
+    assert seen == [('off', False), ('default', True)], seen
