@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from adjustText import adjust_text
 from scipy.interpolate import PchipInterpolator
 
 from .claims import NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, overall_verdict, per_point_correct, points_key
@@ -20,7 +21,8 @@ from .stats import accuracy_statistic, bootstrap_interval, bootstrap_sides, mean
 # %% auto #0
 __all__ = ['FAMILIES', 'METHOD', 'FAMILY_LABELS', 'KNOB_NAMES', 'TABLE_MEASURES', 'knob_label', 'seeds_label', 'frontier_record',
            'check_frontier_eps', 'frontier_table', 'frontier_curve', 'reference_value', 'frontier_replicates',
-           'dominated', 'verdict_reason', 'frontier_verdict', 'frontier_verdicts', 'plot_frontier', 'attack_check']
+           'dominated', 'verdict_reason', 'frontier_verdict', 'frontier_verdicts', 'seeds_note', 'plot_frontier',
+           'attack_check']
 
 # %% ../nbs/09e_frontier.ipynb #3c80f1c9
 FAMILIES = ('trades', 'pgd_at')    # the baselines whose robustness knob the grid's frontier part moves
@@ -209,8 +211,9 @@ def frontier_verdicts(records: list, reference: float | None = None, against=FAM
     return pd.DataFrame(rows)
 
 # %% ../nbs/09e_frontier.ipynb #646a55b5
-def _panel(ax, table: pd.DataFrame, measure: str, method: str, palette: dict) -> None:
-    "One panel: clean (x) against `measure` (y): each family's points with error bars both ways and its frontier curve."
+def _panel(ax, table: pd.DataFrame, measure: str, method: str, palette: dict) -> list:
+    "One panel: clean (x) against `measure` (y): each family's points with error bars both ways and its frontier curve; returns its point labels (text, x, y), placed by `plot_frontier`."
+    labels = []
     for family, part in table.groupby('family', sort=False):
         part, mine, color = part.dropna(subset=['clean', measure]).sort_values(measure), family == method, palette[family]
         if part.empty: continue
@@ -220,25 +223,42 @@ def _panel(ax, table: pd.DataFrame, measure: str, method: str, palette: dict) ->
             robust = np.linspace(part[measure].min(), part[measure].max(), 100)
             ax.plot(frontier_curve(part[measure], part['clean'])(robust), robust, color=color, ls='--' if mine else '-', lw=1.2)
         for _, r in part.iterrows():
-            text = f"{r['knob']}, {seeds_label(r['seeds'].split(', '))}" if mine else r['knob'].replace('training ', '')
-            ax.annotate(text, (r['clean'], r[measure]), xytext=(5, 5 if mine else -10), textcoords='offset points', fontsize=7,
-                        color=color, fontweight='bold' if mine else 'normal')
+            text = ax.text(r['clean'], r[measure], r['knob'].replace('training ', ''), fontsize=7, color=color, zorder=4,
+                           fontweight='bold' if mine else 'normal', bbox=dict(facecolor='white', alpha=0.75, edgecolor='none', pad=0.4))
+            labels.append((text, r['clean'], r[measure]))
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     ax.set(xlabel='clean accuracy (%)', ylabel=f'{measure} accuracy (%)', xlim=(max(x0, -2), min(x1, 102)), ylim=(max(y0, -2), min(y1, 102)))   # error bars stop near the 0-100 % scale
     ax.grid(alpha=0.3)
+    return labels
+
+def _and(items: list) -> str: return ', '.join(items[:-1]) + (' and ' if len(items) > 1 else '') + items[-1]
+
+def seeds_note(table: pd.DataFrame) -> str:
+    "The seeds behind each point of a frontier table, for its figure's title: the points whose seeds differ from most points' by name."
+    seeds = table['seeds'].astype(str)
+    usual = max(dict.fromkeys(seeds), key=lambda s: (seeds == s).sum())          # the first of the most common
+    named = [f"{seeds_label(s.split(', '))} at " + _and([f"{FAMILY_LABELS.get(f, f)} {k}" for f, k in zip(g['family'], g['knob'])])
+             for s, g in table.assign(seeds=seeds).groupby('seeds', sort=False) if s != usual]
+    return 'mean ± SE over ' + '; over '.join(named + [f"{seeds_label(usual.split(', '))} at {'the other points' if named else 'every point'}"])
 
 def plot_frontier(table: pd.DataFrame, measures=('AutoAttack', 'PGD-20'), method: str = METHOD, title: str = '', details=None):
-    "One panel per measure: clean (x) against robust (y) accuracy of every frontier point (mean over seeds ± SE both ways), each family's frontier, `method`'s points labelled; `details`: measure -> a second title line."
+    "One panel per measure: clean (x) against robust (y) accuracy of every frontier point (mean over seeds ± SE both ways), each family's frontier, every point labelled with its knob (`method`'s in bold), the labels moved apart by adjustText; `details`: measure -> a second title line."
     measures = [m for m in measures if m in table and table[m].notna().any()]
     families = list(dict.fromkeys(table['family']))
     palette = dict(zip(families, sns.color_palette(n_colors=len(families))))
     fig, axes = plt.subplots(1, len(measures), figsize=(5.4 * len(measures), 4.4), squeeze=False, layout='constrained')
+    labels = {}
     for ax, measure in zip(axes.flat, measures):
-        _panel(ax, table, measure, method, palette)
+        labels[ax] = _panel(ax, table, measure, method, palette)
         ax.set_title(f'{measure} against clean accuracy' + (f"\n{details[measure]}" if details and measure in details else ''), fontsize=9)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title='family', loc='outside lower center', ncols=len(labels), fontsize=8)   # below the panels, over no point or title
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, title='family', loc='outside lower center', ncols=len(names), fontsize=8)   # below the panels, over no point or title
     if title: fig.suptitle(title, fontsize=9)
+    fig.canvas.draw()                      # the final layout first: adjustText moves labels in display space
+    for ax, placed in labels.items():
+        if placed:
+            texts, xs, ys = map(list, zip(*placed))
+            adjust_text(texts, x=xs, y=ys, ax=ax, expand=(1.4, 1.8), arrowprops=dict(arrowstyle='-', color='0.6', lw=0.5))
     return fig
 
 # %% ../nbs/09e_frontier.ipynb #fa89fdd1

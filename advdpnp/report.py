@@ -21,23 +21,24 @@ from .claims import (DEFENCES, claim_inputs, claim_verdicts, paired_claim_differ
                             run_claim_inputs, run_point_records, test_set_identity)
 from .config import load_config, make_config
 from .evaluate import model_card
-from .files import atomic_write, write_json
+from .files import atomic_write, read_json, write_json
 from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_record, frontier_table,
-                              frontier_verdicts, plot_frontier, reference_value)
+                              frontier_verdicts, plot_frontier, reference_value, seeds_note)
 from .grid import Grid, grid_evaluation, grid_request, run_config
 from .runs import RunFolder, robust_key
 from .stats import correlated_mean_se, mean_over_seeds, paired_mean_difference, standard_error
 
 # %% auto #0
 __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'DATASET_LABELS', 'PAIRED_MEASURES',
-           'collect_results', 'watermark', 'latex_text', 'Artifacts', 'with_errors', 'results_table',
-           'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
+           'FRONTIER_TITLE', 'collect_results', 'watermark', 'latex_text', 'save_figure', 'Artifacts', 'with_errors',
+           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
            'plot_sensitivity', 'eps_label', 'n_label', 'training_frame', 'plot_training_curves', 'robustness_curves',
            'plot_robustness_curves', 'soundness_rows', 'soundness_table', 'foreign_folders', 'foreign_card',
            'leaderboard', 'run_times', 'claim_runs', 'claim_point_records', 'write_result_tables',
            'plot_corruption_severity', 'plot_corruption_bars', 'write_corruption_artifacts', 'write_feature_artifacts',
            'paired_columns', 'write_ablation_and_sensitivity', 'write_curve_figures', 'write_leaderboard',
-           'write_run_times', 'write_claims', 'frontier_records', 'write_frontier', 'write_artifacts']
+           'write_run_times', 'write_claims', 'frontier_records', 'frontier_figure', 'write_frontier',
+           'redraw_frontier', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
 ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -90,6 +91,15 @@ def latex_text(text: str) -> str:
     "`text` with LaTeX's special characters escaped (pandas escapes a table's cells, not its caption: a bare % would end it)."
     return ''.join(LATEX_SPECIALS.get(ch, ch) for ch in text)
 
+def save_figure(fig, folder: Path, stem: str, scale: str) -> list:
+    "PNG and PDF of `fig` in `folder`, watermarked with its scale, then closed; returns their names."
+    folder.mkdir(parents=True, exist_ok=True)
+    watermark(fig, f'{scale} scale - advdpnp numbers')
+    for ext in ('png', 'pdf'):
+        atomic_write(folder / f'{stem}.{ext}', lambda p: fig.savefig(p, dpi=130, format=ext, bbox_inches='tight'))
+    plt.close(fig)
+    return [f'{stem}.png', f'{stem}.pdf']
+
 @dataclass
 class Artifacts:
     "Writes tables and figures into `folder` and records each in a manifest."
@@ -114,12 +124,7 @@ class Artifacts:
 
     def figure(self, fig, stem: str, title: str, runs=()) -> None:
         "PNG and PDF of `fig` (then closed)."
-        self.folder.mkdir(parents=True, exist_ok=True)
-        watermark(fig, f'{self.grid.scale} scale - advdpnp numbers')
-        for ext in ('png', 'pdf'):
-            atomic_write(self.folder / f'{stem}.{ext}', lambda p: fig.savefig(p, dpi=130, format=ext, bbox_inches='tight'))
-        plt.close(fig)
-        self.manifest[stem] = {'files': [f'{stem}.png', f'{stem}.pdf'], 'title': title, 'runs': sorted(set(runs))}
+        self.manifest[stem] = {'files': save_figure(fig, self.folder, stem, self.grid.scale), 'title': title, 'runs': sorted(set(runs))}
 
     def write_manifest(self, parameters: dict, root=None) -> None:
         "manifest.json: the artifacts, the runs behind them, every run's parameters and every foreign model's model.json (paths relative to `root`)."
@@ -635,18 +640,23 @@ def _frontier_setting(grid: Grid, records: list) -> str:
     return f"{', '.join(map(dataset_label, datasets))}, l-inf eps {eps} (every run, whatever eps it trained at), AutoAttack standard"
 
 # %% ../nbs/09_report.ipynb #3baf2f26
+FRONTIER_TITLE = "The clean-robust trade-off: every frontier point, accuracy (%) mean over seeds ± SE, n per run, the seeds' SD; "
+
+def frontier_figure(table: pd.DataFrame, setting: str, description: str):
+    "The frontier figure of a frontier table (`frontier_table`, or its CSV read back): `plot_frontier` with its titles."
+    attack = {'AutoAttack': 'AutoAttack (standard)', 'PGD-20': 'PGD-20 (CE)'}
+    details = {m: f"{a}: {n_label(table[f'n {m}'])} points per run" for m, a in attack.items() if f'n {m}' in table}
+    title = f"Clean-robust trade-off; {setting}\n{seeds_note(table)}\n{textwrap.fill(f'The whole grid (its other parts included): {description}', 140)}"
+    return plot_frontier(table, title=title, details=details)
+
 def write_frontier(out: Artifacts, draws: int = 2000) -> None:
     "The frontier table and figure, claim 1's frontier verdict and the AutoAttack check, where the grid's frontier runs were evaluated."
     grid, records = out.grid, frontier_records(out.grid)
     if not records: return
     runs, table, setting = [r['run'] for r in records], frontier_table(records), _frontier_setting(out.grid, records)
-    out.table(table.drop(columns=['param', 'value']), 'frontier', f'The clean-robust trade-off: every frontier point, accuracy (%) '
-              f'mean over seeds ± SE, n per run, the seeds\' SD; {setting}', runs, index=False)
+    out.table(table.drop(columns=['param', 'value']), 'frontier', FRONTIER_TITLE + setting, runs, index=False)
     listed = out.manifest['frontier']
-    attack = {'AutoAttack': 'AutoAttack (standard)', 'PGD-20': 'PGD-20 (CE)'}
-    details = {m: f"{a}: {n_label(table[f'n {m}'])} points per run" for m, a in attack.items() if f'n {m}' in table}
-    title = f"Clean-robust trade-off; {setting}; mean ± SE over seeds\n{textwrap.fill(grid.description, 140)}"
-    out.figure(plot_frontier(table, title=title, details=details), 'frontier', 'Clean against AutoAttack and PGD-20 accuracy', runs)
+    out.figure(frontier_figure(table, setting, grid.description), 'frontier', 'Clean against AutoAttack and PGD-20 accuracy', runs)
     out.manifest['frontier'] = {**listed, 'files': listed['files'] + out.manifest['frontier']['files']}   # one artifact: table and figure
     verdicts = frontier_verdicts(records, reference_value(records, METHOD, _preset_value(grid, records)), draws=draws)
     note = (f"Rule (09e_frontier): supported if the paired interval lies above 0, not supported if below, else not resolvable "
@@ -667,6 +677,21 @@ def write_frontier(out: Artifacts, draws: int = 2000) -> None:
                   'accuracy (%) under PGD-20 (CE) and C&W-inf, after APGD-CE and after APGD-T (targeted DLR), what APGD-T broke that APGD-CE '
                   'left (many: a masked CE gradient), and AutoAttack; '
                   f'check: AutoAttack at most min(PGD-20, C&W-inf) per run and per point; {setting}', check['run'], index=False)
+
+def redraw_frontier(folder) -> str:
+    "Draw frontier.png/.pdf of a figures folder again from its frontier.csv and manifest.json, without the runs (after a change to the figure's code: the same numbers); returns the figure's title."
+    folder = Path(folder)
+    if not (folder / 'manifest.json').is_file():
+        raise FileNotFoundError(f"{folder / 'manifest.json'} does not exist: not a figures folder that paper.ipynb wrote")
+    manifest = read_json(folder / 'manifest.json', 'figures manifest')
+    title = manifest.get('artifacts', {}).get('frontier', {}).get('title', '')
+    if not title.startswith(FRONTIER_TITLE) or not (folder / 'frontier.csv').is_file():
+        raise ValueError(f"{folder}: no frontier table here (manifest.json lists none, or frontier.csv is missing); "
+                         f"write one with `papermill nbs/paper.ipynb out.ipynb -p parts frontier`")
+    fig = frontier_figure(pd.read_csv(folder / 'frontier.csv', dtype={'seeds': str}), title[len(FRONTIER_TITLE):], manifest['description'])
+    shown = fig.get_suptitle()
+    save_figure(fig, folder, 'frontier', manifest['scale'])
+    return shown
 
 # %% ../nbs/09_report.ipynb #75cc5146
 def write_artifacts(grid: Grid, folder, parameters: dict | None = None, root=None, foreign=()) -> dict:

@@ -1,6 +1,6 @@
 """The report's figures and leaderboard on small synthetic run folders (seconds, no training): the scale's watermark
 never covers a tick label, the training curves carry the whole scale description, one legend outside the panels and
-each panel's n; the leaderboard lists evaluation folders of models trained elsewhere beside the grid's runs."""
+each panel's n; the frontier's labels cover no other label; the leaderboard lists evaluation folders of models trained elsewhere beside the grid's runs."""
 import json
 
 import matplotlib
@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from advdpnp.config import RunConfig  # noqa: E402
 from advdpnp.evaluate import evaluate_foreign, model_card  # noqa: E402
+from advdpnp.frontier import plot_frontier  # noqa: E402
 from advdpnp.grid import Grid, GridRun, grid_request  # noqa: E402
 from advdpnp.report import (Artifacts, foreign_card, foreign_folders, leaderboard, plot_corruption_bars,  # noqa: E402
                             plot_training_curves, watermark, write_leaderboard)
@@ -173,3 +174,17 @@ def test_the_pyautoattack_example_on_the_leaderboard(tmp_path, name):
     assert (row['run'], row['trained'], row['dataset'], row['eps']) == (name, 'elsewhere', 'CIFAR-10, JPEG copy', '8/255')
     assert (row['n_eval'], row['n_autoattack'], row['clean'], row['AutoAttack']) == (1000, 100, 87.1, 0.0)   # the AutoAttack evaluation
     assert row['architecture'] == 'pyautoattack.examples.resnet:ResNet18'
+
+
+def test_committed_frontier_figure_labels_every_point_and_no_label_covers_another():
+    """The committed CPU frontier's figure, drawn again from its table (as `redraw_frontier` does): every point carries its
+    knob, and no two labels overlap, although points of different families nearly coincide there (without adjustText
+    three pairs of labels overlap in its AutoAttack panel)."""
+    table = pd.read_csv(ROOT / 'paper_figures' / 'frontier-cpu' / 'frontier.csv', dtype={'seeds': str})
+    fig = plot_frontier(table)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        boxes = [t.get_window_extent() for t in ax.texts if t.get_text()]
+        assert len(boxes) == len(table), ax.get_title()
+        assert [(i, j) for i in range(len(boxes)) for j in range(i) if boxes_overlap(boxes[i], boxes[j])] == [], ax.get_title()
+    plt.close(fig)
