@@ -215,10 +215,11 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     if 'frontier' in plan: _add_frontier(plan, methods, seeds_given, seeds, add, paths)
     return grid
 
-def frontier_overrides(spec: dict, method: str, param: str, value) -> dict:
-    "A frontier point's training overrides: the main table's run with one knob moved (a training eps takes its attack step along, the main table's 2.5 eps / k)."
+def frontier_overrides(spec: dict, method: str, param: str, value, main_value=None) -> dict:
+    "A frontier point's training overrides: the main table's run with one knob moved (a training eps takes its attack step along, 2.5 eps / k); at the main table's own eps (`main_value`), the main table's run itself."
     base = {**spec['overrides'], **spec.get('method_overrides', {}).get(method, {})}
     if param != 'eps': return {**base, param: value}
+    if main_value is not None and math.isclose(value, main_value): return {**base, 'eps': value}
     steps = base.get('attack_steps', 5)
     return {**base, 'eps': value, 'attack_step': 2.5 * value / steps}
 
@@ -232,7 +233,7 @@ def _add_frontier(plan, methods, seeds_given, seeds, add, paths) -> None:
         default = getattr(make_config(plan['preset'], dataset, method=method, **_fill(base, paths)), param)
         for value in values:
             point = seeds if seeds_given is not None else f['seeds'] if math.isclose(value, default) else seeds[:1]
-            overrides = frontier_overrides(spec, method, param, value)
+            overrides = frontier_overrides(spec, method, param, value, default)
             # the attacks of the main table on its points; no corruptions, features or soundness report (the frontier needs none;
             # a point that is also a main-table run gets the main table's whole evaluation, merged in build_grid)
             ev = _eval(spec['eval']['attacks'], spec['eval']['n_eval'], n_autoattack=spec['eval']['n_autoattack'])

@@ -78,7 +78,7 @@ def numbers(obj):
     return 'nan' if isinstance(obj, float) and math.isnan(obj) else obj
 
 
-# The full micro grid (19 runs) takes about 15 minutes on 2 cores (SLURM 9, local 6: measured December 2026), so the
+# The full micro grid (19 runs then, 18 now) takes about 15 minutes on 2 cores (SLURM 9, local 6: measured December 2026), so the
 # default is its main table for two methods (two runs with every evaluation: attacks, soundness, corruptions, features;
 # 4 min 40 s for the three tests); ADVDPNP_SLURM_GRID=full runs all of it.
 def micro_grid(out_dir, folder):
