@@ -112,9 +112,7 @@ gpu-collect: $(STAMP)
 
 # Re-run the component notebooks in place so that their saved figures and tables match the code (minutes on 2 cores).
 outputs: $(STAMP)
-	cd nbs && for nb in [0-9][0-9]*_*.ipynb; do \
-	  TQDM_DISABLE=1 ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace --log-level ERROR \
-	    --ExecutePreprocessor.timeout=1800 $$nb || exit 1; done
+	for nb in nbs/[0-9][0-9]*_*.ipynb; do $(BIN)/python .ci/execute_notebooks.py $$nb || exit 1; done
 	$(BIN)/nbdev-clean
 
 # Every notebook rendered to HTML (nbconvert, not executed) into _docs/, with _docs/index.html.

@@ -1,4 +1,5 @@
 "Project plumbing: packaging files agree, notebooks keep what papermill needs, README is generated."
+import importlib.util
 import json
 import re
 import shutil
@@ -79,7 +80,11 @@ def test_each_parameter_is_documented_once(root):
     assert all(params[f]['help'].startswith(helps[f]) for f in FIELDS)
 
 
-FIGURE_NOTEBOOKS = ['01_data', '02_models', '03_losses', '04_attacks', '05_train', '06_evaluate', '07_corruptions', '08_analysis', '09e_frontier']
+# Every component notebook shows a figure and states its computation as an equation, except the plumbing below, whose
+# examples are text by nature (a configuration, files and locks, a terminal, SLURM's answers): a new notebook needs both.
+TEXT_ONLY_NOTEBOOKS = {'00_config': 'run parameters', '00a_files': 'atomic files and hashes', '04b_runs': 'run folders and locks',
+                       '09d_cluster': 'SLURM', '11_cli': 'the terminal'}
+NO_EQUATION_NOTEBOOKS = {'00a_files', '04b_runs', '09d_cluster', '11_cli'}
 MAX_NOTEBOOK_KB = 400
 
 
@@ -105,8 +110,31 @@ def test_component_notebooks_show_a_figure_and_stay_small_and_quiet(root):
         noisy = [o for o in outputs if o['output_type'] == 'stream' and o.get('name') == 'stderr']
         assert not noisy, f'{path.name}: progress bars or warnings saved as outputs: {"".join(noisy[0]["text"])[:80]!r}'
         assert not any(o['output_type'] == 'error' for o in outputs), path.name
-        if path.stem in FIGURE_NOTEBOOKS:
+        if path.stem not in TEXT_ONLY_NOTEBOOKS:
             assert any('image/png' in o.get('data', {}) for o in outputs), f'{path.name} shows no figure'
+
+
+def test_make_outputs_runs_notebooks_as_nbdev_test_does(root, tmp_path):
+    # `make outputs` must not run `#| eval: false` cells (12_device's __main__ guard would parse the kernel's argv)
+    spec = importlib.util.spec_from_file_location('execute_notebooks', root / '.ci' / 'execute_notebooks.py')
+    execute_notebooks = importlib.util.module_from_spec(spec); spec.loader.exec_module(execute_notebooks)
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}})
+    kept = nbformat.v4.new_output('stream', name='stdout', text='saved before\n')
+    nb.cells = [nbformat.v4.new_code_cell("import os; x = 41"),
+                nbformat.v4.new_code_cell("#| eval: false\nraise SystemExit(2)", outputs=[kept]),
+                nbformat.v4.new_code_cell("print(x + 1, os.path.basename(os.getcwd()))")]
+    (tmp_path / 'nbs').mkdir(); path = tmp_path / 'nbs' / 'toy.ipynb'; nbformat.write(nb, path)
+    assert execute_notebooks.execute(path) == [nb.cells[1].id]
+    cells = nbformat.read(path, as_version=4).cells
+    assert (cells[1].source, cells[1].outputs[0]['text']) == ("#| eval: false\nraise SystemExit(2)", 'saved before\n')
+    assert cells[2].outputs[0]['text'] == '42 nbs\n'                 # run in the notebook's folder, as nbdev-test does
+
+
+def test_component_notebooks_state_their_computation_as_an_equation(root):
+    for path in sorted((root / 'nbs').glob('[0-9][0-9]*_*.ipynb')):
+        if path.stem in NO_EQUATION_NOTEBOOKS: continue
+        prose = '\n'.join(''.join(c['source']) for c in json.loads(path.read_text())['cells'] if c['cell_type'] == 'markdown')
+        assert '$$' in prose, f'{path.name} states no computation as a displayed equation in its prose'
 
 
 def test_papermill_notebooks_are_skipped_by_nbdev_test(root):
