@@ -236,7 +236,8 @@ def _add_frontier(plan, methods, seeds_given, seeds, add, paths) -> None:
             overrides = frontier_overrides(spec, method, param, value, default)
             # the attacks of the main table on its points; no corruptions, features or soundness report (the frontier needs none;
             # a point that is also a main-table run gets the main table's whole evaluation, merged in build_grid)
-            ev = _eval(spec['eval']['attacks'], spec['eval']['n_eval'], n_autoattack=spec['eval']['n_autoattack'])
+            ev = _eval(spec['eval']['attacks'], spec['eval']['n_eval'], n_autoattack=spec['eval']['n_autoattack'],
+                       n_features=spec['eval']['n_features'])   # no features asked; the main table's n, so a shared run's request stays the main table's
             if param == 'eps' and not math.isclose(value, f['eval_eps']): ev = {**ev, 'eps': f['eval_eps']}
             for seed in point:
                 add({'group': 'frontier', 'family': method, 'param': param, 'value': value},
