@@ -81,9 +81,9 @@ def test_each_parameter_is_documented_once(root):
 
 
 # Every component notebook shows a figure and states its computation as an equation, except the plumbing below, whose
-# examples are text by nature (a configuration, files and locks, a terminal, SLURM's answers): a new notebook needs both.
-TEXT_ONLY_NOTEBOOKS = {'00_config': 'run parameters', '00a_files': 'atomic files and hashes', '04b_runs': 'run folders and locks',
-                       '09d_cluster': 'SLURM', '11_cli': 'the terminal'}
+# examples are text by nature (a configuration, atomic files, a terminal, SLURM's answers): a new notebook needs both.
+TEXT_ONLY_NOTEBOOKS = {'00_config': 'run parameters', '00a_files': 'atomic files and hashes', '09d_cluster': 'SLURM',
+                       '11_cli': 'the terminal'}
 NO_EQUATION_NOTEBOOKS = {'00a_files', '04b_runs', '09d_cluster', '11_cli'}
 MAX_NOTEBOOK_KB = 400
 
