@@ -640,6 +640,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'advdpnp.train.check_training_set': ('train.html#check_training_set', 'advdpnp/train.py'),
                                'advdpnp.train.configure_threads': ('train.html#configure_threads', 'advdpnp/train.py'),
                                'advdpnp.train.cpu_flags': ('train.html#cpu_flags', 'advdpnp/train.py'),
+                               'advdpnp.train.cpuinfo_values': ('train.html#cpuinfo_values', 'advdpnp/train.py'),
                                'advdpnp.train.distributed_objective': ('train.html#distributed_objective', 'advdpnp/train.py'),
                                'advdpnp.train.duration': ('train.html#duration', 'advdpnp/train.py'),
                                'advdpnp.train.epoch_attack': ('train.html#epoch_attack', 'advdpnp/train.py'),

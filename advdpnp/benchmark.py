@@ -22,7 +22,8 @@ from .config import RunConfig
 from .data import ImageData, augment, batch_indices, to_float
 from .losses import OBJECTIVES
 from .models import build_model
-from .train import as_batch, autocast, make_optimizer, prepare_model, train_step, training_examples
+from .train import (NATIVE_BF16_FLAGS, as_batch, autocast, cpu_flags, cpuinfo_values, make_optimizer, prepare_model,
+                           train_step, training_examples)
 
 # %% auto #0
 __all__ = ['BF16_PEAK_TFLOPS', 'UPDATE_PASSES', 'synthetic_data', 'plain_loader', 'plain_pgd_attack', 'plain_step',
@@ -122,10 +123,11 @@ def benchmark_step(cfg: RunConfig, data: ImageData, path: str, device, warmup: i
             **t, 'img_per_s': cfg.batch_size / t['step_s']}
 
 def machine_info(device) -> dict:
-    "What ran the benchmark."
+    "What ran the benchmark; on a CPU also its model and native bf16 flags (the same CPU type can be 16x apart in bf16, `05_train`)."
     info = {'device': str(device), 'torch': torch.__version__, 'threads': torch.get_num_threads(), 'cpus': os.cpu_count(),
             'cpu': platform.processor() or platform.machine(), 'python': platform.python_version()}
     if device.type == 'cuda': info['gpu'] = torch.cuda.get_device_name(device)
+    else: info.update(cpu_model=cpuinfo_values().get('model name') or 'not reported', native_bf16=sorted(set(NATIVE_BF16_FLAGS) & cpu_flags()))
     return info
 
 # %% ../nbs/10_benchmark.ipynb #e2e13675

@@ -36,12 +36,13 @@ from .stats import standard_error
 
 # %% auto #0
 __all__ = ['NATIVE_BF16_FLAGS', 'ACCURACY_COLUMNS', 'resolve_device', 'seed_everything', 'make_optimizer', 'lr_milestones',
-           'per_batch', 'lr_factor', 'make_scheduler', 'cpu_flags', 'training_precision', 'autocast', 'prepare_model',
-           'as_batch', 'configure_threads', 'check_logger', 'EpochLogger', 'training_examples', 'Objective',
-           'distributed_objective', 'train_step', 'check_finite', 'train_epoch', 'plot_history', 'get_rng_state',
-           'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult', 'evaluate_metrics',
-           'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack', 'epoch_robust_accuracy',
-           'epoch_line', 'paper_on_cpu_warning', 'train', 'check_training_set', 'training_state']
+           'per_batch', 'lr_factor', 'make_scheduler', 'cpuinfo_values', 'cpu_flags', 'training_precision', 'autocast',
+           'prepare_model', 'as_batch', 'configure_threads', 'check_logger', 'EpochLogger', 'training_examples',
+           'Objective', 'distributed_objective', 'train_step', 'check_finite', 'train_epoch', 'plot_history',
+           'get_rng_state', 'set_rng_state', 'DistContext', 'init_distributed', 'average_buffers', 'TrainResult',
+           'evaluate_metrics', 'validation_metrics', 'duration', 'epoch_threat_model', 'epoch_attack',
+           'epoch_robust_accuracy', 'epoch_line', 'paper_on_cpu_warning', 'train', 'check_training_set',
+           'training_state']
 
 # %% ../nbs/05_train.ipynb #6f766f4b
 def resolve_device(name: str = 'auto') -> torch.device:
@@ -91,14 +92,20 @@ def make_scheduler(optimizer, cfg: RunConfig, steps_per_epoch: int = 1):
 NATIVE_BF16_FLAGS = ('avx512_bf16', 'amx_bf16', 'bf16')   # CPU flags of native bf16: x86 AVX512-BF16 and AMX, Arm FEAT_BF16
 
 @functools.cache
-def cpu_flags() -> frozenset:
-    "The CPU's feature flags as Linux reports them (`/proc/cpuinfo`: 'flags' on x86, 'Features' on Arm); empty elsewhere."
+def cpuinfo_values() -> dict:
+    "The first value of every field of Linux's `/proc/cpuinfo` ('flags', 'model name', ...: those of the first core); empty elsewhere."
     try: text = Path('/proc/cpuinfo').read_text()
-    except OSError: return frozenset()
+    except OSError: return {}
+    values = {}
     for line in text.splitlines():
         key, _, value = line.partition(':')
-        if key.strip() in ('flags', 'Features'): return frozenset(value.split())
-    return frozenset()
+        values.setdefault(key.strip(), value.strip())
+    return values
+
+def cpu_flags() -> frozenset:
+    "The CPU's feature flags as Linux reports them ('flags' on x86, 'Features' on Arm); empty elsewhere."
+    info = cpuinfo_values()
+    return frozenset((info.get('flags') or info.get('Features') or '').split())
 
 def training_precision(cfg: RunConfig, device, flags=None) -> dict:
     "The precision `cfg.amp` trains in on `device` ({'dtype': 'bf16' | 'fp32', 'reason': ...}); `flags`: the CPU's (default `cpu_flags()`)."
