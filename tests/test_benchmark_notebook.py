@@ -22,7 +22,8 @@ def test_benchmark_notebook_writes_table_and_summary(tmp_path):
     assert abs(s['bound_(k+2)/(k+1)'] - 4 / 3) < 1e-12
     fast = table[table.path == 'fast'].pivot(index='round', columns='method', values='step_s')
     per_round = fast['adv_dpnp'] / fast['pgd_at']                                # a ratio within each round
-    assert abs(s['adv_dpnp/pgd_at'] - per_round.median()) < 1e-9 and s['adv_dpnp/pgd_at_range'] == [per_round.min(), per_round.max()]
+    assert abs(s['adv_dpnp/pgd_at'] - per_round.median()) < 1e-9
+    assert max(abs(a - b) for a, b in zip(s['adv_dpnp/pgd_at_range'], [per_round.min(), per_round.max()])) < 1e-9
     assert s['rounds'] == result['rounds'] == 2 and '-p rounds 2' in result['command']
     assert s['flops_adv_dpnp/pgd_at'] > 1                                      # Adv-DPNP's update has more passes
     assert result['machine']['device'] == 'cpu' and 'papermill nbs/benchmark.ipynb' in result['command']
