@@ -15,12 +15,12 @@ from pathlib import Path
 from .files import read_json
 
 # %% auto #0
-__all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'CLASSIFIERS', 'ARCHS', 'PRESETS', 'REPULSIONS',
-           'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'COMPILE_MODES', 'LOGGERS', 'SCHEDULES',
-           'DATASET_SIZES', 'DATASET_CLASSES', 'CHOICES', 'NAME_MAX', 'SEED_MAX', 'PRESET_VALUES', 'FIELDS',
-           'LEGACY_DEFAULTS', 'RENAMED', 'NOT_IDENTITY', 'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS', 'RunConfig',
-           'ConfigError', 'name_problems', 'training_size', 'config_problems', 'closest', 'make_config', 'load_config',
-           'config_differences', 'parse_fraction', 'check_notebook_parameters', 'parameter_help',
+__all__ = ['DATASETS', 'METHOD_HEADS', 'METHODS', 'METHOD_ATTACKS', 'METHOD_LABELS', 'CLASSIFIERS', 'ARCHS', 'PRESETS',
+           'REPULSIONS', 'CONSISTENCIES', 'BRANCHES', 'BN_MODES', 'PROTO_INITS', 'AMP_MODES', 'COMPILE_MODES',
+           'LOGGERS', 'SCHEDULES', 'DATASET_SIZES', 'DATASET_CLASSES', 'CHOICES', 'NAME_MAX', 'SEED_MAX',
+           'PRESET_VALUES', 'FIELDS', 'LEGACY_DEFAULTS', 'RENAMED', 'NOT_IDENTITY', 'FLOAT_FIELDS', 'NOTEBOOK_DEFAULTS',
+           'RunConfig', 'ConfigError', 'name_problems', 'training_size', 'config_problems', 'closest', 'make_config',
+           'load_config', 'config_differences', 'parse_fraction', 'check_notebook_parameters', 'parameter_help',
            'notebook_parameter_cell']
 
 # %% ../nbs/00_config.ipynb #8ba559a4
@@ -35,6 +35,7 @@ METHOD_HEADS = {  # method -> classifier head it trains
 }
 METHODS = tuple(METHOD_HEADS)
 METHOD_ATTACKS = {'ce': None, 'dpnp': None, 'adv_dpnp': 'ce', 'pgd_at': 'ce', 'trades': 'kl', 'mart': 'ce'}
+METHOD_LABELS = {'ce': 'CE', 'dpnp': 'DPNP', 'adv_dpnp': 'Adv-DPNP', 'pgd_at': 'PGD-AT', 'trades': 'TRADES', 'mart': 'MART'}   # as a reader writes them
 CLASSIFIERS = ('auto', 'linear', 'prototype')      # 'auto': the method's head in METHOD_HEADS
 ARCHS = ('small_cnn', 'preact_resnet18', 'resnet18', 'wrn34_10')
 PRESETS = ('paper', 'smoke')

@@ -15,6 +15,7 @@ import seaborn as sns
 from adjustText import adjust_text
 from scipy.interpolate import PchipInterpolator
 
+from .config import METHOD_LABELS
 from .claims import NO_DATA, NOT_SUPPORTED, SUPPORTED, UNRESOLVED, overall_verdict, per_point_correct, points_key
 from .stats import accuracy_statistic, bootstrap_interval, bootstrap_sides, mean_over_seeds, standard_error
 
@@ -27,7 +28,7 @@ __all__ = ['FAMILIES', 'METHOD', 'FAMILY_LABELS', 'KNOB_NAMES', 'TABLE_MEASURES'
 # %% ../nbs/09e_frontier.ipynb #3c80f1c9
 FAMILIES = ('trades', 'pgd_at')    # the baselines whose robustness knob the grid's frontier part moves
 METHOD = 'adv_dpnp'
-FAMILY_LABELS = {'trades': 'TRADES', 'pgd_at': 'PGD-AT', 'mart': 'MART', 'adv_dpnp': 'Adv-DPNP'}
+FAMILY_LABELS = METHOD_LABELS     # the families' names as a reader writes them (00_config)
 KNOB_NAMES = {'trades_beta': 'β', 'beta': 'β', 'mart_beta': 'β', 'eps': 'training ε'}
 
 def knob_label(param: str, value: float) -> str:
