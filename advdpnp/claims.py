@@ -5,6 +5,7 @@
 # %% ../nbs/09c_claims.ipynb #97f22563
 from __future__ import annotations
 
+import numbers
 import numpy as np
 import pandas as pd
 import torch
@@ -15,8 +16,9 @@ from .stats import (accuracy_statistic, bootstrap_interval, bootstrap_sides, cor
                            mean_over_seeds, normal_interval, resample_counts)
 
 # %% auto #0
-__all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'POINT_COLUMNS', 'PAIRED_COLUMNS',
-           'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs', 'overall_verdict', 'points_key',
+__all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'AUTOATTACK_MARGIN', 'REGISTERED_MARGINS',
+           'POINT_COLUMNS', 'PAIRED_COLUMNS', 'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs',
+           'claim_inputs', 'overall_verdict', 'claim1_margin', 'check_margin', 'claim1_verdict', 'points_key',
            'test_set_identity', 'per_point_correct', 'run_point_records', 'ratio_statistic', 'paired_claim_differences',
            'claim_verdicts']
 
@@ -99,6 +101,29 @@ def overall_verdict(verdicts: list, expected: int) -> str:
     if not verdicts: return NO_DATA
     if NOT_SUPPORTED in verdicts: return NOT_SUPPORTED
     return SUPPORTED if len(verdicts) == expected and all(v == SUPPORTED for v in verdicts) else UNRESOLVED
+
+# %% ../nbs/09c_claims.ipynb #eff5ce45
+# Claim 1's non-inferiority margin on AutoAttack accuracy, in points: registered on 2026-12-02, after the CPU-scale results
+# and before any GPU- or paper-scale result. The CPU scale keeps the rule its results were read under (no margin).
+AUTOATTACK_MARGIN = 3.0
+REGISTERED_MARGINS = {'cpu': None}
+
+def claim1_margin(scale: str) -> float | None:
+    "Claim 1's AutoAttack margin (points) at `scale`: `AUTOATTACK_MARGIN`, or None (no margin) at a scale whose results were read under the first rule."
+    return REGISTERED_MARGINS.get(scale, AUTOATTACK_MARGIN)
+
+def check_margin(margin) -> None:
+    "One clear error for a margin that is neither None nor a number of points >= 0."
+    if margin is not None and not (isinstance(margin, numbers.Real) and not isinstance(margin, bool) and margin >= 0):
+        raise ValueError(f'margin={margin!r} is not valid: give None (no margin, the rule of the CPU scale) or a number of AutoAttack points >= 0')
+
+def claim1_verdict(clean: dict, autoattack: dict, margin: float | None = AUTOATTACK_MARGIN) -> str:
+    "Claim 1 against one defence from the 95 % intervals (`low`, `high`) of the clean and the AutoAttack difference: clean above 0 and AutoAttack above -`margin` (None: the first rule, AutoAttack reaching 0)."
+    check_margin(margin)
+    if margin is None: robust, worse = autoattack['high'] >= 0, autoattack['high'] < 0
+    else: robust, worse = autoattack['low'] > -margin, autoattack['high'] < -margin
+    if clean['high'] < 0 or worse: return NOT_SUPPORTED
+    return SUPPORTED if clean['low'] > 0 and robust else UNRESOLVED
 
 # %% ../nbs/09c_claims.ipynb #04c6970a
 POINT_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
@@ -196,8 +221,9 @@ def paired_claim_differences(records: list, method: str = 'adv_dpnp', against=DE
 
 # %% ../nbs/09c_claims.ipynb #067ea639
 def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, level: float = 0.95,
-                   paired: dict | None = None) -> pd.DataFrame:
-    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %; paired where `paired` has it, the unpaired one beside it), n, verdict (rules above)."
+                   paired: dict | None = None, margin: float | None = AUTOATTACK_MARGIN) -> pd.DataFrame:
+    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %; paired where `paired` has it, the unpaired one beside it), n, verdict (rules above; claim 1's AutoAttack `margin` in points, None: none)."
+    check_margin(margin)
     rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
     a = inputs.loc[method] if method in inputs.index else None
     def add(claim, other, stat, col, verdict, **d):
@@ -207,12 +233,13 @@ def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFEN
                      **d, 'n': a.get(f'n {col}', np.nan) if a is not None else np.nan, 'verdict': verdict})
     compare = lambda o, col: _compare(a, inputs.loc[o], col, level, (paired or {}).get((o, col)))
     c1, c2, c3, c4 = CLAIMS
+    robust_label = 'AutoAttack accuracy (%)' + ('' if margin is None else f', margin {margin:g} points')
     claims = {c: {} for c in CLAIMS}   # claim -> {compared with: verdict}
     for o in (o for o in against if o in inputs.index and a is not None):
         if has(method, 'clean', 'AutoAttack') and has(o, 'clean', 'AutoAttack'):
             dc, da = compare(o, 'clean'), compare(o, 'AutoAttack')
-            v = NOT_SUPPORTED if dc['high'] < 0 or da['high'] < 0 else SUPPORTED if dc['low'] > 0 else UNRESOLVED
-            add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, 'AutoAttack accuracy (%)', 'AutoAttack', v, **da)
+            v = claim1_verdict(dc, da, margin)
+            add(c1, o, 'clean accuracy (%)', 'clean', v, **dc); add(c1, o, robust_label, 'AutoAttack', v, **da)
             claims[c1][o] = v
         if has(method, 'corruptions') and has(o, 'corruptions'):
             d = compare(o, 'corruptions')

@@ -13,7 +13,7 @@ import pytest
 
 matplotlib.use('Agg')
 
-from advdpnp.claims import NOT_SUPPORTED, SUPPORTED, UNRESOLVED  # noqa: E402
+from advdpnp.claims import AUTOATTACK_MARGIN, NOT_SUPPORTED, SUPPORTED, UNRESOLVED  # noqa: E402
 from advdpnp.config import RunConfig  # noqa: E402
 from advdpnp.grid import Grid, GridRun, grid_evaluation, grid_request  # noqa: E402
 from advdpnp.report import (Artifacts, frontier_records, write_ablation_and_sensitivity, write_artifacts,  # noqa: E402
@@ -199,24 +199,43 @@ def test_ablation_and_sensitivity_pair_runs_on_shared_points(tmp_path):
     assert 'cannot be paired' in (tmp_path / 'figures' / 'sensitivity.md').read_text()
 
 
-def test_claims_pair_methods_on_shared_seeds(tmp_path):
-    "Adv-DPNP 3 points more accurate on clean inputs and as robust: paired on the seeds they share, the comparison is decided."
-    grid = Grid('toy', DESCRIPTION, tmp_path / 'runs', 'imagefolder')
+def claims_of_toy_grid(tmp_path, scale: str = 'toy') -> pd.DataFrame:
+    "claims.csv of a grid at `scale` whose Adv-DPNP is 3 points more accurate on clean inputs than every defence and as robust (seeds 0, 1 of it and PGD-AT, 0 of TRADES and MART)."
+    grid = Grid(scale, DESCRIPTION, tmp_path / 'runs', 'imagefolder')
     for method, clean, seeds in (('adv_dpnp', 0.53, (0, 1)), ('pgd_at', 0.50, (0, 1)), ('trades', 0.50, (0,)), ('mart', 0.50, (0,))):
         for seed in seeds:
             name = f'imagefolder-{method}-s{seed}'
             entry = {'group': 'main', 'dataset': 'imagefolder', 'method': method, 'seed': seed, 'run': name}
             evaluated(grid, entry, per_point(clean, 0.25, seed, name, rho=0.9))
-    out = Artifacts(tmp_path / 'figures', grid)
-    write_claims(out, draws=1000)
-    claims = pd.read_csv(tmp_path / 'figures' / 'claims.csv')
+    write_claims(Artifacts(tmp_path / 'figures', grid), draws=1000)
+    return pd.read_csv(tmp_path / 'figures' / 'claims.csv')
+
+
+def test_claims_pair_methods_on_shared_seeds(tmp_path):
+    "Adv-DPNP 3 points more accurate on clean inputs and as robust: paired on the seeds they share, the clean comparison is decided."
+    claims = claims_of_toy_grid(tmp_path)
     one = claims[claims['claim'].str.startswith('1')].set_index(['comparison', 'statistic'])
     clean = one.loc[('adv_dpnp vs pgd_at', 'clean accuracy (%)')]
     assert clean['interval'] == 'paired, 2 shared seed(s)' and clean['difference'] == pytest.approx(3.0)
     assert clean['unpaired low'] < 0 < clean['low'] and clean['high'] < clean['unpaired high']
-    assert clean['verdict'] == SUPPORTED                      # unpaired, the same 3 points were inside the noise
+    # unpaired, the same 3 points were inside the noise; AutoAttack's 300 points cannot show it within the margin
+    robust = one.loc[('adv_dpnp vs pgd_at', f'AutoAttack accuracy (%), margin {AUTOATTACK_MARGIN:g} points')]
+    assert robust['low'] < -AUTOATTACK_MARGIN < 0 < robust['high'] and clean['verdict'] == robust['verdict'] == UNRESOLVED
     # TRADES ran seed 0 only: Adv-DPNP's seed 1 has other points, so pairing narrows the interval less there
     trades = one.loc[('adv_dpnp vs trades', 'clean accuracy (%)')]
     assert trades['interval'] == 'paired, 1 shared seed(s)'
     assert clean['high'] - clean['low'] < trades['high'] - trades['low'] < trades['unpaired high'] - trades['unpaired low']
     assert 'paired' in (tmp_path / 'figures' / 'claims.md').read_text()
+    assert f'AutoAttack comparable within {AUTOATTACK_MARGIN:g} points' in (tmp_path / 'figures' / 'claims.md').read_text()
+
+
+def test_cpu_claims_keep_the_rule_their_results_were_read_under(tmp_path):
+    "At CPU scale claim 1 has no AutoAttack margin (the rule fixed before the committed CPU results): its rows and title are those of that rule."
+    claims = claims_of_toy_grid(tmp_path, 'cpu')
+    stats = set(claims.loc[claims['claim'].str.startswith('1') & (claims['comparison'] != 'overall'), 'statistic'])
+    assert stats == {'clean accuracy (%)', 'AutoAttack accuracy (%)'}
+    assert 'margin' not in (tmp_path / 'figures' / 'claims.md').read_text()
+    # without a margin the interval that reaches 0 grants comparable robustness: the clean gain decides
+    one = claims[claims['claim'].str.startswith('1')].set_index(['comparison', 'statistic'])
+    assert one.loc[('adv_dpnp vs pgd_at', 'AutoAttack accuracy (%)'), 'high'] > 0
+    assert one.loc[('adv_dpnp vs pgd_at', 'clean accuracy (%)'), 'verdict'] == SUPPORTED
