@@ -264,6 +264,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'advdpnp/device_session.py'),
                                         'advdpnp.device_session.card_info': ('device.html#card_info', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.card_slug': ('device.html#card_slug', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session.claims_table': ('device.html#claims_table', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.collect': ('device.html#collect', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.committed_runs': ( 'device.html#committed_runs',
                                                                                    'advdpnp/device_session.py'),

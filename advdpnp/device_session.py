@@ -23,7 +23,7 @@ import torch
 
 from .benchmark import (UPDATE_PASSES, bf16_peak_tflops, benchmark_step, compare_compiled, machine_info, step_flops,
                                synthetic_data)
-from .config import DATASET_CLASSES, DATASET_SIZES, training_size
+from .config import DATASET_CLASSES, DATASET_SIZES, load_config, training_size
 from .data import batch_indices, load_test_split
 from .evaluate import EVAL_STEPS, evaluate_run
 from .files import read_json, write_json
@@ -39,7 +39,7 @@ __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES',
            'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds',
            'eval_pass_seconds', 'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds',
            'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
-           'results_table', 'paired_comparison', 'collect', 'main']
+           'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -342,8 +342,28 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
                          f'only {b} right': d['b_only'], f'only {a} right': d['a_only'], 'n': d['n']})
     return pd.DataFrame(rows)
 
+def claims_table(results_dir, scale: str, draws: int = 2000) -> tuple:
+    "Claim 1 of `09c_claims` on the filed runs and the AutoAttack margin it used (registered for `scale`): Adv-DPNP against each defence filed, paired on shared test points; an empty table until Adv-DPNP and a defence are both filed."
+    # imported here: collect runs where the package is installed; a session on the device machine never needs the claims,
+    # whose analysis module pulls in modules that machine lacks (tests/test_device_session.py checks what a session imports)
+    from advdpnp.claims import (CLAIMS, DEFENCES, claim1_margin, claim_inputs, claim_verdicts, paired_claim_differences,
+                                run_claim_inputs, run_point_records, test_set_identity)
+    rows, records = [], []
+    for run in sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists()):
+        ev, cfg = read_json(run / EVALUATION, 'evaluation'), load_config(run / RunFolder.CONFIG)
+        sizes = ev.get('n_per_attack', {})
+        result = {'method': cfg.method, 'seed': cfg.seed, 'n_eval': ev['n'], 'n_autoattack': sizes.get('autoattack', ev['n'])}
+        for k, col in (('clean', 'clean'), ('autoattack', 'AutoAttack')):
+            if k in ev['accuracy']: result.update({col: 100 * ev['accuracy'][k], f'{col} SE': 100 * ev['standard_errors'][k]})
+        rows.append(run_claim_inputs(pd.Series(result)))
+        records.append(run_point_records(cfg.method, cfg.seed, ev, test_set=test_set_identity(cfg)))
+    inputs, margin = claim_inputs(rows), claim1_margin(scale)
+    if 'adv_dpnp' not in inputs.index or not set(DEFENCES) & set(inputs.index): return pd.DataFrame(), margin
+    table = claim_verdicts(inputs, paired=paired_claim_differences(records, draws=draws), margin=margin)
+    return table[table['claim'] == CLAIMS[0]].reset_index(drop=True), margin
+
 def collect(source, figures='paper_figures') -> dict:
-    "File a device session's returned files (`source`) under `figures`: runs, benchmark, session record, results table, paired comparison."
+    "File a device session's returned files (`source`) under `figures`: runs, benchmark, session record, results table, paired comparison, claim 1."
     source, figures = Path(source), Path(figures)
     session = read_json(source / 'session.json', 'device session record')
     card = session['card']
@@ -372,7 +392,16 @@ def collect(source, figures='paper_figures') -> dict:
         paired.to_csv(results / 'paired.csv', index=False)
         (results / 'paired.md').write_text(f"# Adv-DPNP minus PGD-AT on the same points\n\n{title}\n\n"
                                            f"{paired.to_markdown(index=False, floatfmt='.1f')}\n")
-    return {**filed, 'runs': len(table), 'pairs': len(paired)}
+    claims, margin = claims_table(results, session['scale'])
+    if len(claims):
+        rule = 'no margin' if margin is None else f'AutoAttack comparable within {margin:g} points'
+        claims.to_csv(results / 'claims.csv', index=False)
+        (results / 'claims.md').write_text(
+            f"# Claim 1: clean accuracy at comparable AutoAttack\n\n{title}\n\nAdv-DPNP minus each defence filed so far, 95 % "
+            f"intervals paired on the shared test points (a bootstrap over them and the seeds), the unpaired ones beside them; "
+            f"verdict by the rule of 09c_claims ({rule}); a defence not yet filed leaves the claim open. Claims 2-4 need the "
+            f"corruptions and features that this scale does not measure.\n\n{claims.to_markdown(index=False, floatfmt='.2f')}\n")
+    return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(claims)}
 
 # %% ../nbs/12_device.ipynb #96d5de62
 def main(argv=None) -> int:
