@@ -5,6 +5,7 @@
 # %% ../nbs/09c_claims.ipynb #97f22563
 from __future__ import annotations
 
+import math
 import numbers
 import numpy as np
 import pandas as pd
@@ -12,13 +13,14 @@ import torch
 
 from .analysis import angle_summary, feature_metrics, pairwise_angles
 from .config import DATASET_SIZES
+from .evaluate import ATTACK_COLUMNS
 from .stats import (accuracy_statistic, bootstrap_interval, bootstrap_sides, correlated_mean_se, difference_interval,
                            mean_over_seeds, normal_interval, resample_counts)
 
 # %% auto #0
 __all__ = ['DEFENCES', 'SUPPORTED', 'NOT_SUPPORTED', 'UNRESOLVED', 'NO_DATA', 'CLAIMS', 'AUTOATTACK_MARGIN', 'REGISTERED_MARGINS',
-           'POINT_COLUMNS', 'PAIRED_COLUMNS', 'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs',
-           'claim_inputs', 'overall_verdict', 'claim1_margin', 'check_margin', 'claim1_verdict', 'points_key',
+           'PAIRED_COLUMNS', 'bootstrap_ratio', 'random_simplex_gap', 'run_claim_inputs', 'claim_inputs',
+           'overall_verdict', 'claim1_margin', 'check_margin', 'margin_note', 'claim1_verdict', 'points_key',
            'test_set_identity', 'per_point_correct', 'run_point_records', 'ratio_statistic', 'paired_claim_differences',
            'claim_verdicts']
 
@@ -104,21 +106,26 @@ def overall_verdict(verdicts: list, expected: int) -> str:
 
 # %% ../nbs/09c_claims.ipynb #eff5ce45
 # Claim 1's non-inferiority margin on AutoAttack accuracy, in points: registered on 2026-12-02, after the CPU-scale results
-# and before any GPU- or paper-scale result. The CPU scale keeps the rule its results were read under (no margin).
+# and before any GPU- or paper-scale result. The CPU scale keeps the rule its results were read under (None: no margin).
 AUTOATTACK_MARGIN = 3.0
-REGISTERED_MARGINS = {'cpu': None}
+REGISTERED_MARGINS = {'paper': AUTOATTACK_MARGIN, 'gpu': AUTOATTACK_MARGIN, 'micro': AUTOATTACK_MARGIN, 'cpu': None}
 
 def claim1_margin(scale: str) -> float | None:
-    "Claim 1's AutoAttack margin (points) at `scale`: `AUTOATTACK_MARGIN`, or None (no margin) at a scale whose results were read under the first rule."
+    "Claim 1's AutoAttack margin (points) registered for `scale` in `REGISTERED_MARGINS`; a scale not listed (a grid of one's own) has no results read under the first rule: `AUTOATTACK_MARGIN`."
     return REGISTERED_MARGINS.get(scale, AUTOATTACK_MARGIN)
 
 def check_margin(margin) -> None:
-    "One clear error for a margin that is neither None nor a number of points >= 0."
-    if margin is not None and not (isinstance(margin, numbers.Real) and not isinstance(margin, bool) and margin >= 0):
-        raise ValueError(f'margin={margin!r} is not valid: give None (no margin, the rule of the CPU scale) or a number of AutoAttack points >= 0')
+    "One clear error for a margin that is neither None nor a finite number of points > 0 (0 would ask for superiority, not comparability)."
+    if margin is not None and not (isinstance(margin, numbers.Real) and not isinstance(margin, bool) and 0 < margin < math.inf):
+        raise ValueError(f'margin={margin!r} is not valid: give a finite number of AutoAttack points > 0, '
+                         'or None (the CPU scale\'s rule: comparable unless shown less robust)')
 
-def claim1_verdict(clean: dict, autoattack: dict, margin: float | None = AUTOATTACK_MARGIN) -> str:
-    "Claim 1 against one defence from the 95 % intervals (`low`, `high`) of the clean and the AutoAttack difference: clean above 0 and AutoAttack above -`margin` (None: the first rule, AutoAttack reaching 0)."
+def margin_note(margin: float | None) -> str:
+    "What a claims table's title says of claim 1's rule: the margin where there is one (nothing for the CPU scale's rule, as its committed tables were titled)."
+    return '' if margin is None else f' (claim 1: AutoAttack comparable within {margin:g} points)'
+
+def claim1_verdict(clean: dict, autoattack: dict, margin: float | None) -> str:
+    "Claim 1 against one defence from the 95 % intervals (`low`, `high`) of the clean and the AutoAttack difference: clean above 0 and AutoAttack above -`margin` (None: the CPU scale's rule, AutoAttack reaching 0)."
     check_margin(margin)
     if margin is None: robust, worse = autoattack['high'] >= 0, autoattack['high'] < 0
     else: robust, worse = autoattack['low'] > -margin, autoattack['high'] < -margin
@@ -126,9 +133,6 @@ def claim1_verdict(clean: dict, autoattack: dict, margin: float | None = AUTOATT
     return SUPPORTED if clean['low'] > 0 and robust else UNRESOLVED
 
 # %% ../nbs/09c_claims.ipynb #04c6970a
-POINT_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
-                 'worst_case': 'worst case'}   # eval.json's per-point keys -> the tables' column names
-
 def points_key(points: dict, test_set: str | None = None) -> str:
     "The identity of an artifact's test points: its `points` (n and the SHA-256 of their indices in the run's test set) and `test_set`, what chose that test set (`test_set_identity`; None: the whole test split): equal keys, the same points."
     return f"{points['n']}:{points['indices_sha256']}" + (f' of {test_set}' if test_set else '')
@@ -143,7 +147,7 @@ def per_point_correct(evaluation: dict) -> dict:
     per_point, n = evaluation['per_point'], evaluation['n']
     positions = list(per_point.get('autoattack_positions', range(n)))
     out = {}
-    for key, col in POINT_COLUMNS.items():
+    for key, col in ATTACK_COLUMNS.items():          # eval.json's per-point keys -> the tables' column names
         if key not in per_point: continue
         values = np.asarray(per_point[key], dtype=float)
         if len(values) == n: out[col] = values
@@ -221,8 +225,8 @@ def paired_claim_differences(records: list, method: str = 'adv_dpnp', against=DE
 
 # %% ../nbs/09c_claims.ipynb #067ea639
 def claim_verdicts(inputs: pd.DataFrame, method: str = 'adv_dpnp', against=DEFENCES, level: float = 0.95,
-                   paired: dict | None = None, margin: float | None = AUTOATTACK_MARGIN) -> pd.DataFrame:
-    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %; paired where `paired` has it, the unpaired one beside it), n, verdict (rules above; claim 1's AutoAttack `margin` in points, None: none)."
+                   paired: dict | None = None, *, margin: float | None) -> pd.DataFrame:
+    "One row per comparison and one overall row per claim: difference, interval at `level` (95 %; paired where `paired` has it, the unpaired one beside it), n, verdict (rules above; claim 1's AutoAttack `margin` in points, `claim1_margin` of the results' scale; None: the CPU scale's rule)."
     check_margin(margin)
     rows, has = [], lambda m, *cols: m in inputs.index and all(c in inputs and pd.notna(inputs.loc[m, c]) for c in cols)
     a = inputs.loc[method] if method in inputs.index else None

@@ -23,9 +23,9 @@ import torch
 
 from .benchmark import (UPDATE_PASSES, bf16_peak_tflops, benchmark_step, compare_compiled, machine_info, step_flops,
                                synthetic_data)
-from .config import DATASET_CLASSES, DATASET_SIZES, load_config, training_size
+from .config import DATASET_CLASSES, DATASET_SIZES, config_differences, training_size
 from .data import batch_indices, load_test_split
-from .evaluate import EVAL_STEPS, evaluate_run
+from .evaluate import ATTACK_COLUMNS, EVAL_STEPS, accuracy_columns, evaluate_run
 from .files import read_json, write_json
 from .models import build_model
 from .grid import build_grid, run_config
@@ -35,11 +35,11 @@ from .train import prepare_model, resolve_device, train, training_precision
 
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
-           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'ATTACK_NAMES',
-           'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds',
-           'eval_pass_seconds', 'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds',
-           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
-           'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
+           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'card_slug',
+           'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds',
+           'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
+           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'results_table',
+           'paired_comparison', 'claims_table', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -301,8 +301,6 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     return session
 
 # %% ../nbs/12_device.ipynb #298bd997
-ATTACK_NAMES = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack', 'worst_case': 'worst case'}
-
 def _percent(p, se, n) -> str: return f'{100 * p:.1f} ± {100 * se:.1f} (n {n})'
 
 def results_table(results_dir) -> pd.DataFrame:
@@ -317,7 +315,7 @@ def results_table(results_dir) -> pd.DataFrame:
                f"clean, all {m['n_test']} test (%)": _percent(m['clean_acc'], m['standard_errors']['clean_acc'], m['n_test'])}
         sizes = ev.get('n_per_attack', {})
         for k, v in {**ev['accuracy'], 'worst_case': ev['worst_case']}.items():
-            row[f'{ATTACK_NAMES.get(k, k)} (%)'] = _percent(v, ev['standard_errors'][k], sizes.get(k, ev['n']))
+            row[f'{ATTACK_COLUMNS.get(k, k)} (%)'] = _percent(v, ev['standard_errors'][k], sizes.get(k, ev['n']))
         row['soundness'] = ev['soundness']['verdict'] if 'soundness' in ev else 'not run'
         rows.append(row)
     return pd.DataFrame(rows)
@@ -336,31 +334,38 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
         for k in ('clean', 'pgd', 'cw', 'autoattack', 'worst_case'):
             if k not in ea['per_point'] or k not in eb['per_point']: continue
             d = paired_difference(ea['per_point'][k], eb['per_point'][k], (1 - level) / 2)
-            rows.append({'seed': seed, 'measure': ATTACK_NAMES[k], f'{a} (%)': 100 * sum(ea['per_point'][k]) / d['n'],
+            rows.append({'seed': seed, 'measure': ATTACK_COLUMNS[k], f'{a} (%)': 100 * sum(ea['per_point'][k]) / d['n'],
                          f'{b} (%)': 100 * sum(eb['per_point'][k]) / d['n'], 'difference (points)': 100 * d['diff'],
                          f'paired {level:.0%} interval': f"[{100 * d['lower']:+.1f}, {100 * d['upper']:+.1f}]",
                          f'only {b} right': d['b_only'], f'only {a} right': d['a_only'], 'n': d['n']})
     return pd.DataFrame(rows)
 
-def claims_table(results_dir, scale: str, draws: int = 2000) -> tuple:
-    "Claim 1 of `09c_claims` on the filed runs and the AutoAttack margin it used (registered for `scale`): Adv-DPNP against each defence filed, paired on shared test points; an empty table until Adv-DPNP and a defence are both filed."
+def claims_table(results_dir, scale: str, draws: int = 2000) -> dict:
+    "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `scale`'s grid's (name and configuration): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for `scale`) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
     # imported here: collect runs where the package is installed; a session on the device machine never needs the claims,
     # whose analysis module pulls in modules that machine lacks (tests/test_device_session.py checks what a session imports)
     from advdpnp.claims import (CLAIMS, DEFENCES, claim1_margin, claim_inputs, claim_verdicts, paired_claim_differences,
-                                run_claim_inputs, run_point_records, test_set_identity)
-    rows, records = [], []
+                                margin_note, run_claim_inputs, run_point_records, test_set_identity)
+    grid, compared = build_grid(scale, results_dir), ('adv_dpnp', *DEFENCES)     # names and configurations only: nothing is written
+    planned = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar and e['method'] in compared]
+    rows, records, filed, excluded = [], [], [], {}
     for run in sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists()):
-        ev, cfg = read_json(run / EVALUATION, 'evaluation'), load_config(run / RunFolder.CONFIG)
-        sizes = ev.get('n_per_attack', {})
-        result = {'method': cfg.method, 'seed': cfg.seed, 'n_eval': ev['n'], 'n_autoattack': sizes.get('autoattack', ev['n'])}
-        for k, col in (('clean', 'clean'), ('autoattack', 'AutoAttack')):
-            if k in ev['accuracy']: result.update({col: 100 * ev['accuracy'][k], f'{col} SE': 100 * ev['standard_errors'][k]})
-        rows.append(run_claim_inputs(pd.Series(result)))
+        saved = read_json(run / RunFolder.CONFIG, 'config')
+        if saved.get('method') not in compared: continue
+        if run.name not in planned: excluded[run.name] = f'not a run of the {scale} grid'; continue
+        cfg = run_config(grid.runs[run.name])
+        if diff := config_differences(saved, cfg):        # a result of another recipe under this name is not this grid's run
+            excluded[run.name] = f'another configuration (field: (filed, the grid\'s)) {diff}'; continue
+        ev = read_json(run / EVALUATION, 'evaluation')
+        rows.append(run_claim_inputs({'method': cfg.method, 'seed': cfg.seed, **accuracy_columns(ev)}))
         records.append(run_point_records(cfg.method, cfg.seed, ev, test_set=test_set_identity(cfg)))
-    inputs, margin = claim_inputs(rows), claim1_margin(scale)
-    if 'adv_dpnp' not in inputs.index or not set(DEFENCES) & set(inputs.index): return pd.DataFrame(), margin
-    table = claim_verdicts(inputs, paired=paired_claim_differences(records, draws=draws), margin=margin)
-    return table[table['claim'] == CLAIMS[0]].reset_index(drop=True), margin
+        filed.append(run.name)
+    inputs, margin, table = claim_inputs(rows), claim1_margin(scale), pd.DataFrame()
+    if 'adv_dpnp' in inputs.index and set(DEFENCES) & set(inputs.index):
+        table = claim_verdicts(inputs, paired=paired_claim_differences(records, draws=draws), margin=margin)
+        table = table[table['claim'] == CLAIMS[0]].reset_index(drop=True)
+    return {'table': table, 'margin': margin, 'rule': margin_note(margin), 'planned': planned,
+            'missing': [r for r in planned if r not in filed], 'excluded': excluded}
 
 def collect(source, figures='paper_figures') -> dict:
     "File a device session's returned files (`source`) under `figures`: runs, benchmark, session record, results table, paired comparison, claim 1."
@@ -392,16 +397,20 @@ def collect(source, figures='paper_figures') -> dict:
         paired.to_csv(results / 'paired.csv', index=False)
         (results / 'paired.md').write_text(f"# Adv-DPNP minus PGD-AT on the same points\n\n{title}\n\n"
                                            f"{paired.to_markdown(index=False, floatfmt='.1f')}\n")
-    claims, margin = claims_table(results, session['scale'])
-    if len(claims):
-        rule = 'no margin' if margin is None else f'AutoAttack comparable within {margin:g} points'
-        claims.to_csv(results / 'claims.csv', index=False)
+    claims = claims_table(results, session['scale'])
+    if len(claims['table']):
+        missing, planned = claims['missing'], claims['planned']
+        status = (f"**Interim**: {len(planned) - len(missing)} of the {len(planned)} planned runs filed (missing: {', '.join(missing)}); "
+                  "the verdict is final only once every planned run is filed." if missing else f"All {len(planned)} planned runs filed.")
+        left_out = ''.join(f'\n- {run}: {why}' for run, why in claims['excluded'].items())
+        claims['table'].to_csv(results / 'claims.csv', index=False)
         (results / 'claims.md').write_text(
-            f"# Claim 1: clean accuracy at comparable AutoAttack\n\n{title}\n\nAdv-DPNP minus each defence filed so far, 95 % "
+            f"# Claim 1: clean accuracy at comparable AutoAttack\n\n{title}\n\n{status} Adv-DPNP minus each defence filed, 95 % "
             f"intervals paired on the shared test points (a bootstrap over them and the seeds), the unpaired ones beside them; "
-            f"verdict by the rule of 09c_claims ({rule}); a defence not yet filed leaves the claim open. Claims 2-4 need the "
-            f"corruptions and features that this scale does not measure.\n\n{claims.to_markdown(index=False, floatfmt='.2f')}\n")
-    return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(claims)}
+            f"verdict by the rule of 09c_claims{claims['rule']}; a defence not yet filed leaves the claim open. "
+            f"Claims 2-4 need the corruptions and features, which a device session does not measure."
+            + (f"\n\nFiled but left out:{left_out}" if left_out else '') + f"\n\n{claims['table'].to_markdown(index=False, floatfmt='.2f')}\n")
+    return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(claims['table'])}
 
 # %% ../nbs/12_device.ipynb #96d5de62
 def main(argv=None) -> int:

@@ -29,12 +29,13 @@ from .runs import CheckpointError, RunFolder, evaluation_request, load_run
 from .stats import binomial_bounds, paired_difference, standard_error
 
 # %% auto #0
-__all__ = ['EVAL_ATTACKS', 'EVAL_STEPS', 'AUTOATTACK_VERSIONS', 'AUTOATTACK_CLASSES', 'AA_STATE_FORMAT', 'ADVERSARIAL_FORMAT',
-           'check_attacks', 'check_count', 'whitebox_attack', 'EvalOptions', 'eval_options', 'request_key',
-           'run_autoattack', 'class_breakdown', 'evaluate_robustness', 'logit_statistics', 'soundness_report',
-           'square_check', 'model_card', 'TestPoints', 'load_run_test_points', 'auto_batch_size', 'check_request',
-           'check_threat_model', 'evaluate_run', 'load_adversarial', 'results_table', 'per_class_table',
-           'ForeignTarget', 'foreign_threat_model', 'load_foreign_test_points', 'evaluate_foreign']
+__all__ = ['EVAL_ATTACKS', 'EVAL_STEPS', 'AUTOATTACK_VERSIONS', 'AUTOATTACK_CLASSES', 'AA_STATE_FORMAT', 'ATTACK_COLUMNS',
+           'ADVERSARIAL_FORMAT', 'check_attacks', 'check_count', 'whitebox_attack', 'EvalOptions', 'eval_options',
+           'request_key', 'run_autoattack', 'class_breakdown', 'evaluate_robustness', 'accuracy_columns',
+           'logit_statistics', 'soundness_report', 'square_check', 'model_card', 'TestPoints', 'load_run_test_points',
+           'auto_batch_size', 'check_request', 'check_threat_model', 'evaluate_run', 'load_adversarial',
+           'results_table', 'per_class_table', 'ForeignTarget', 'foreign_threat_model', 'load_foreign_test_points',
+           'evaluate_foreign']
 
 # %% ../nbs/06_evaluate.ipynb #5943e34b
 EVAL_ATTACKS = ('fgsm', 'pgd', 'cw', 'autoattack')
@@ -307,6 +308,18 @@ def evaluate_robustness(model, images, labels, eps: float, attacks=EVAL_ATTACKS,
               'seconds': seconds, 'settings': _settings(options, eps, seed), 'options': dataclasses.asdict(options), **extra,
               'per_point': {**{k: v.tolist() for k, v in every.items()}, **subset}}
     return {**result, 'examples': examples} if options.save_adversarial else result
+
+# %% ../nbs/06_evaluate.ipynb #ec9a8821
+ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
+                  'worst_case': 'worst case'}   # an evaluation's keys -> the tables' column names
+
+def accuracy_columns(evaluation: dict) -> dict:
+    "An evaluation's accuracies (%) under `ATTACK_COLUMNS`' names, each with its binomial SE (`<column> SE`, on the attack's own n), and `n_eval`, `n_autoattack` (None: no AutoAttack)."
+    acc, sizes, n = {**evaluation['accuracy'], 'worst_case': evaluation['worst_case']}, evaluation.get('n_per_attack', {}), evaluation['n']
+    cols = {col: key for key, col in ATTACK_COLUMNS.items() if key in acc}
+    return {**{col: 100 * acc[key] for col, key in cols.items()},
+            **{f'{col} SE': 100 * standard_error(acc[key], sizes.get(key, n)) for col, key in cols.items()},
+            'n_eval': n, 'n_autoattack': sizes.get('autoattack', n) if 'autoattack' in acc else None}
 
 # %% ../nbs/06_evaluate.ipynb #74d44c7a
 def logit_statistics(model, images, labels, batch_size: int = 256) -> dict:

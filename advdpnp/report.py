@@ -17,10 +17,10 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from .analysis import plot_angles, plot_tsne, tsne_frame
-from .claims import (DEFENCES, claim1_margin, claim_inputs, claim_verdicts, paired_claim_differences, per_point_correct,
-                            run_claim_inputs, run_point_records, test_set_identity)
+from .claims import (DEFENCES, claim1_margin, claim_inputs, claim_verdicts, margin_note, paired_claim_differences,
+                            per_point_correct, run_claim_inputs, run_point_records, test_set_identity)
 from .config import load_config, make_config
-from .evaluate import model_card
+from .evaluate import ATTACK_COLUMNS, accuracy_columns, model_card
 from .files import atomic_write, read_json, write_json
 from .frontier import (FAMILIES, FAMILY_LABELS, METHOD, attack_check, frontier_record, frontier_table,
                               frontier_verdicts, plot_frontier, reference_value, seeds_note)
@@ -29,9 +29,9 @@ from .runs import RunFolder, robust_key
 from .stats import correlated_mean_se, mean_over_seeds, paired_mean_difference, standard_error
 
 # %% auto #0
-__all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'DATASET_LABELS', 'PAIRED_MEASURES',
-           'FRONTIER_TITLE', 'collect_results', 'watermark', 'latex_text', 'save_figure', 'Artifacts', 'with_errors',
-           'results_table', 'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
+__all__ = ['PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'DATASET_LABELS', 'PAIRED_MEASURES', 'FRONTIER_TITLE',
+           'collect_results', 'watermark', 'latex_text', 'save_figure', 'Artifacts', 'with_errors', 'results_table',
+           'corruption_tables', 'feature_tables', 'tsne_figure', 'dataset_label', 'sensitivity_frame',
            'plot_sensitivity', 'eps_label', 'n_label', 'training_frame', 'plot_training_curves', 'robustness_curves',
            'plot_robustness_curves', 'soundness_rows', 'soundness_table', 'foreign_folders', 'foreign_card',
            'leaderboard', 'run_times', 'claim_runs', 'claim_point_records', 'write_result_tables',
@@ -41,9 +41,6 @@ __all__ = ['ATTACK_COLUMNS', 'PUBLISHED', 'PUBLISHED_NOTE', 'LATEX_SPECIALS', 'D
            'redraw_frontier', 'write_artifacts']
 
 # %% ../nbs/09_report.ipynb #4b5a454f
-ATTACK_COLUMNS = {'clean': 'clean', 'fgsm': 'FGSM', 'pgd': 'PGD-20', 'cw': 'C&W-inf', 'autoattack': 'AutoAttack',
-                  'worst_case': 'worst case'}
-
 def collect_results(grid: Grid) -> pd.DataFrame:
     "One row per grid entry with its run's training metrics and evaluation accuracies (percent)."
     rows = []
@@ -54,13 +51,7 @@ def collect_results(grid: Grid) -> pd.DataFrame:
         pgd_key = robust_key(m)
         row = {**e, 'train_clean': 100 * m['clean_acc'], 'train_pgd': 100 * m[pgd_key], 'n_test': m['n_test'],
                'train_seconds': m['train_seconds'], 'head': m.get('head')}
-        if ev is not None:
-            acc = {**ev['accuracy'], 'worst_case': ev['worst_case']}
-            row.update({col: 100 * acc[k] for k, col in ATTACK_COLUMNS.items() if k in acc})
-            sizes = ev.get('n_per_attack', {})
-            row.update({f'{col} SE': 100 * standard_error(acc[k], sizes.get(k, ev['n'])) for k, col in ATTACK_COLUMNS.items() if k in acc})
-            row['n_eval'] = ev['n']
-            row['n_autoattack'] = sizes.get('autoattack', ev['n'] if 'autoattack' in acc else None)
+        if ev is not None: row.update(accuracy_columns(ev))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -615,7 +606,7 @@ def write_claims(out: Artifacts, draws: int = 2000) -> None:
         out.table(claim_verdicts(inputs, paired=paired, margin=margin), 'claims', f"The paper's four claims on {dataset_label(grid.cifar)}: Adv-DPNP against "
                   f"{', '.join(DEFENCES)}; difference with its 95 % interval, paired (a bootstrap over the shared test points "
                   f"and the seeds, {draws} draws) where two methods share test points, the unpaired interval beside it; verdict by "
-                  f"the rules of 09c_claims" + ('' if margin is None else f" (claim 1: AutoAttack comparable within {margin:g} points)"), [e['run'] for e in _cifar_main(grid)], index=False)
+                  f"the rules of 09c_claims{margin_note(margin)}", [e['run'] for e in _cifar_main(grid)], index=False)
 
 # %% ../nbs/09_report.ipynb #75879dd4
 def frontier_records(grid: Grid) -> list:
