@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import datetime
 import io
+import json
 import re
 import shutil
 import sys
@@ -37,9 +38,9 @@ from .train import prepare_model, resolve_device, train, training_precision
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
            'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'card_slug',
            'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds',
-           'pack_run', 'run_benchmark', 'committed_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
-           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'results_table',
-           'paired_comparison', 'claims_table', 'collect', 'main']
+           'pack_run', 'run_benchmark', 'filed_differences', 'committed_runs', 'benchmark_complete', 'decode_seconds',
+           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
+           'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -162,10 +163,16 @@ def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, 
     return _bench_summary(card, mode, rows, steps, warmup)
 
 # %% ../nbs/12_device.ipynb #7c2d9783
-def committed_runs(results_dir) -> set:
-    "Names of the runs whose results are committed under `results_dir` (their metrics and evaluation are there)."
+def filed_differences(saved: dict, grid, name: str) -> dict | None:
+    "{field: (filed, the grid's)} for each identity field in which a filed run's saved config differs from `grid`'s run `name` (`config_differences`); None if the grid has no run of that name."
+    return config_differences(saved, run_config(grid.runs[name])) if name in grid.runs else None
+
+def committed_runs(results_dir, grid=None) -> set:
+    "Names of the runs whose results are committed under `results_dir` (their metrics and evaluation are there); with `grid`, only those that are its runs as it now configures them (a result of another recipe under a run's name does not count)."
     d = Path(results_dir)
-    return {p.name for p in d.iterdir() if (p / RunFolder.METRICS).exists() and (p / EVALUATION).exists()} if d.is_dir() else set()
+    if not d.is_dir(): return set()
+    done = [p for p in d.iterdir() if (p / RunFolder.METRICS).exists() and (p / EVALUATION).exists()]
+    return {p.name for p in done if grid is None or filed_differences(read_json(p / RunFolder.CONFIG, 'config'), grid, p.name) == {}}
 
 def _unpack_cifar(tar, cifar_dir) -> None:
     "Unpack the CIFAR-10 JPEG tarball beside `cifar_dir` when `cifar_dir` is missing (a fresh device machine)."
@@ -233,11 +240,14 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     card = card_info(device)
     results = Path(figures) / scale / card['slug']
     bench_dir = f"cuda-{card['slug']}" if device.type == 'cuda' else card['slug']
-    committed, bench_file = committed_runs(results), Path(figures) / 'benchmark' / bench_dir / 'benchmark.json'
+    committed, bench_file = committed_runs(results, grid), Path(figures) / 'benchmark' / bench_dir / 'benchmark.json'
+    superseded = sorted(committed_runs(results) & set(grid.runs) - committed)   # committed under a run's name, of another recipe
     session = {'card': card, 'scale': scale, 'grid': grid.description, 'budget_s': budget_s,
-               'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'runs': []}
+               'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'runs': [],
+               'superseded': superseded}
     save = lambda: write_json(out / 'session.json', {**session, 'elapsed_s': round(time.monotonic() - t0, 1)})
     print(f"device session on {card['card']} (torch {card['torch']}), budget {budget_s:.0f} s; {grid.description}", flush=True)
+    if superseded: print(f"committed results of another configuration, redone: {', '.join(superseded)}", flush=True)
     save()
     bench = read_json(bench_file, 'committed benchmark') if bench_file.exists() else None
     if benchmark and not benchmark_complete(bench):      # none committed, or a compiled check was skipped for time
@@ -340,6 +350,17 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
                          f'only {b} right': d['b_only'], f'only {a} right': d['a_only'], 'n': d['n']})
     return pd.DataFrame(rows)
 
+def _filing_clash(tar, results: Path, grid) -> str | None:
+    "Why an archive must not be unpacked over `results`: a run filed there under its name with another configuration (None: none filed, or the same run)."
+    member = next((m for m in tar.getmembers() if m.name.endswith(f'/{RunFolder.CONFIG}')), None)
+    here = None if member is None else results / member.name.split('/')[0]
+    if here is None or not (here / RunFolder.CONFIG).exists(): return None
+    new, old = json.load(tar.extractfile(member)), read_json(here / RunFolder.CONFIG, 'config')
+    if here.name in grid.runs and filed_differences(new, grid, here.name) == filed_differences(old, grid, here.name): return None
+    return (f'{here} holds another configuration of {here.name} (field: (filed, the grid\'s)) {filed_differences(old, grid, here.name)}'
+            if here.name in grid.runs else f'{here} is filed and {here.name} is not a run of the {grid.scale} grid to compare it with') + \
+           '; move that folder away (it stays in git history) to file this one'
+
 def claims_table(results_dir, scale: str, draws: int = 2000) -> dict:
     "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `scale`'s grid's (name and configuration): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for `scale`) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
     # imported here: collect runs where the package is installed; a session on the device machine never needs the claims,
@@ -353,9 +374,9 @@ def claims_table(results_dir, scale: str, draws: int = 2000) -> dict:
         saved = read_json(run / RunFolder.CONFIG, 'config')
         if saved.get('method') not in compared: continue
         if run.name not in planned: excluded[run.name] = f'not a run of the {scale} grid'; continue
-        cfg = run_config(grid.runs[run.name])
-        if diff := config_differences(saved, cfg):        # a result of another recipe under this name is not this grid's run
+        if diff := filed_differences(saved, grid, run.name):   # a result of another recipe under this name is not this grid's run
             excluded[run.name] = f'another configuration (field: (filed, the grid\'s)) {diff}'; continue
+        cfg = run_config(grid.runs[run.name])
         ev = read_json(run / EVALUATION, 'evaluation')
         rows.append(run_claim_inputs({'method': cfg.method, 'seed': cfg.seed, **accuracy_columns(ev)}))
         records.append(run_point_records(cfg.method, cfg.seed, ev, test_set=test_set_identity(cfg)))
@@ -374,9 +395,13 @@ def collect(source, figures='paper_figures') -> dict:
     card = session['card']
     results = figures / session['scale'] / card['slug']
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
+    grid = build_grid(session['scale'], results)                                    # names and configurations only
     for archive in sorted(source.glob('*.tar.gz')):
         try:
-            with tarfile.open(archive) as t: t.extractall(results, filter='data')   # members are <run>/<file>; nothing outside
+            with tarfile.open(archive) as t:
+                if clash := _filing_clash(t, results, grid):
+                    warnings.warn(f'{archive}: not filed: {clash}'); continue
+                t.extractall(results, filter='data')   # members are <run>/<file>; nothing outside
         except (tarfile.TarError, EOFError, OSError) as e:   # cut short while written by an older session: the others are still filed
             warnings.warn(f'{archive}: cannot be read ({type(e).__name__}: {e}); not filed, its run is redone by a later session')
     shutil.copyfile(source / 'session.json', results / 'sessions' / f"{session['started'].replace(':', '')}.json")
