@@ -283,6 +283,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'advdpnp.device_session.eval_passes': ('device.html#eval_passes', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.filed_differences': ( 'device.html#filed_differences',
                                                                                       'advdpnp/device_session.py'),
+                                        'advdpnp.device_session.grid_filed': ('device.html#grid_filed', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.loaded_images': ('device.html#loaded_images', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.main': ('device.html#main', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.pack_run': ('device.html#pack_run', 'advdpnp/device_session.py'),

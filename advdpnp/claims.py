@@ -111,7 +111,7 @@ AUTOATTACK_MARGIN = 3.0
 REGISTERED_MARGINS = {'paper': AUTOATTACK_MARGIN, 'gpu': AUTOATTACK_MARGIN, 'micro': AUTOATTACK_MARGIN, 'cpu': None}
 
 def claim1_margin(scale: str) -> float | None:
-    "Claim 1's AutoAttack margin (points) registered for `scale` in `REGISTERED_MARGINS`; a scale not listed (a grid of one's own) has no results read under the first rule: `AUTOATTACK_MARGIN`."
+    "Claim 1's AutoAttack margin (points) registered for `scale` in `REGISTERED_MARGINS`; a scale not listed (not one of 09a_grid's: a Grid built by hand) has no results read under the first rule: `AUTOATTACK_MARGIN`."
     return REGISTERED_MARGINS.get(scale, AUTOATTACK_MARGIN)
 
 def check_margin(margin) -> None:

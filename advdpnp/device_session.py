@@ -40,7 +40,7 @@ __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES',
            'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds',
            'pack_run', 'run_benchmark', 'filed_differences', 'committed_runs', 'benchmark_complete', 'decode_seconds',
            'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
-           'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
+           'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -244,7 +244,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     superseded = sorted(committed_runs(results) & set(grid.runs) - committed)   # committed under a run's name, of another recipe
     session = {'card': card, 'scale': scale, 'grid': grid.description, 'budget_s': budget_s,
                'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'runs': [],
-               'superseded': superseded}
+               'superseded': superseded, 'cifar': grid.cifar}
     save = lambda: write_json(out / 'session.json', {**session, 'elapsed_s': round(time.monotonic() - t0, 1)})
     print(f"device session on {card['card']} (torch {card['torch']}), budget {budget_s:.0f} s; {grid.description}", flush=True)
     if superseded: print(f"committed results of another configuration, redone: {', '.join(superseded)}", flush=True)
@@ -313,8 +313,21 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
 # %% ../nbs/12_device.ipynb #298bd997
 def _percent(p, se, n) -> str: return f'{100 * p:.1f} ± {100 * se:.1f} (n {n})'
 
-def results_table(results_dir) -> pd.DataFrame:
-    "One row per filed run: method, seed, epochs, training precision and time, every accuracy (% ± SE, n), the soundness verdict."
+def grid_filed(results_dir, grid, methods=None) -> tuple:
+    "The run folders filed in `results_dir` (an evaluation there) that are `grid`'s runs as it configures them (`filed_differences`), by name, and {name: why not} for the others; `methods`: only runs of these methods."
+    runs, others = [], {}
+    for run in sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists()):
+        saved = read_json(run / RunFolder.CONFIG, 'config')
+        if methods is not None and saved.get('method') not in methods: continue
+        diff = filed_differences(saved, grid, run.name)
+        if diff is None: others[run.name] = f'not a run of the {grid.scale} grid'
+        elif diff: others[run.name] = f"another configuration (field: (filed, the grid's)) {diff}"
+        else: runs.append(run)
+    return runs, others
+
+def results_table(results_dir, grid=None) -> pd.DataFrame:
+    "One row per filed run: method, seed, epochs, training precision and time, every accuracy (% ± SE, n), the soundness verdict; with `grid`, `grid run`: yes, or why the comparisons leave it out (`grid_filed`)."
+    others = grid_filed(results_dir, grid)[1] if grid is not None else {}
     rows = []
     for run in sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists()):
         m, ev = read_json(run / RunFolder.METRICS, 'metrics'), read_json(run / EVALUATION, 'evaluation')
@@ -327,19 +340,22 @@ def results_table(results_dir) -> pd.DataFrame:
         for k, v in {**ev['accuracy'], 'worst_case': ev['worst_case']}.items():
             row[f'{ATTACK_COLUMNS.get(k, k)} (%)'] = _percent(v, ev['standard_errors'][k], sizes.get(k, ev['n']))
         row['soundness'] = ev['soundness']['verdict'] if 'soundness' in ev else 'not run'
+        if grid is not None: row['grid run'] = others.get(run.name, 'yes')
         rows.append(row)
     return pd.DataFrame(rows)
 
-def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level: float = 0.95) -> pd.DataFrame:
-    "acc(b) - acc(a) per seed and measure on the points both were evaluated on, with its paired interval at `level`."
+def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level: float = 0.95, grid=None) -> pd.DataFrame:
+    "acc(b) - acc(a) per seed and measure on the points both were evaluated on, with its paired interval at `level`; with `grid`, only its runs (`grid_filed`)."
+    folders = grid_filed(results_dir, grid)[0] if grid is not None else sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists())
     runs = {}
-    for run in Path(results_dir).iterdir():
-        if (run / EVALUATION).exists():
-            ev, cfg = read_json(run / EVALUATION, 'evaluation'), read_json(run / RunFolder.CONFIG, 'config')
-            runs[(cfg['method'], cfg['seed'])] = ev
+    for run in folders:
+        ev, cfg = read_json(run / EVALUATION, 'evaluation'), read_json(run / RunFolder.CONFIG, 'config')
+        key = (cfg['method'], cfg['seed'])
+        if key in runs: raise ValueError(f'{results_dir}: {runs[key][0]} and {run.name} are both {key[0]} seed {key[1]}; pass grid= to compare only its runs')
+        runs[key] = (run.name, ev)
     rows = []
-    for (method, seed), ea in sorted(runs.items()):
-        eb = runs.get((b, seed))
+    for (method, seed), (_, ea) in sorted(runs.items()):
+        eb = runs.get((b, seed), (None, None))[1]
         if method != a or eb is None or ea['points'] != eb['points']: continue   # only the same points pair
         for k in ('clean', 'pgd', 'cw', 'autoattack', 'worst_case'):
             if k not in ea['per_point'] or k not in eb['per_point']: continue
@@ -361,27 +377,22 @@ def _filing_clash(tar, results: Path, grid) -> str | None:
             if here.name in grid.runs else f'{here} is filed and {here.name} is not a run of the {grid.scale} grid to compare it with') + \
            '; move that folder away (it stays in git history) to file this one'
 
-def claims_table(results_dir, scale: str, draws: int = 2000) -> dict:
-    "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `scale`'s grid's (name and configuration): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for `scale`) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
+def claims_table(results_dir, grid, draws: int = 2000) -> dict:
+    "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `grid`'s (`grid_filed`): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for the grid's scale) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
     # imported here: collect runs where the package is installed; a session on the device machine never needs the claims,
     # whose analysis module pulls in modules that machine lacks (tests/test_device_session.py checks what a session imports)
     from advdpnp.claims import (CLAIMS, DEFENCES, claim1_margin, claim_inputs, claim_verdicts, paired_claim_differences,
                                 margin_note, run_claim_inputs, run_point_records, test_set_identity)
-    grid, compared = build_grid(scale, results_dir), ('adv_dpnp', *DEFENCES)     # names and configurations only: nothing is written
+    compared = ('adv_dpnp', *DEFENCES)
     planned = [e['run'] for e in grid.entries if e['group'] == 'main' and e['dataset'] == grid.cifar and e['method'] in compared]
-    rows, records, filed, excluded = [], [], [], {}
-    for run in sorted(p for p in Path(results_dir).iterdir() if (p / EVALUATION).exists()):
-        saved = read_json(run / RunFolder.CONFIG, 'config')
-        if saved.get('method') not in compared: continue
-        if run.name not in planned: excluded[run.name] = f'not a run of the {scale} grid'; continue
-        if diff := filed_differences(saved, grid, run.name):   # a result of another recipe under this name is not this grid's run
-            excluded[run.name] = f'another configuration (field: (filed, the grid\'s)) {diff}'; continue
-        cfg = run_config(grid.runs[run.name])
-        ev = read_json(run / EVALUATION, 'evaluation')
+    runs, excluded = grid_filed(results_dir, grid, compared)
+    excluded.update({r.name: 'not one of the main table\'s runs' for r in runs if r.name not in planned})
+    rows, records, filed = [], [], [r.name for r in runs if r.name in planned]
+    for name in filed:
+        cfg, ev = run_config(grid.runs[name]), read_json(Path(results_dir) / name / EVALUATION, 'evaluation')
         rows.append(run_claim_inputs({'method': cfg.method, 'seed': cfg.seed, **accuracy_columns(ev)}))
         records.append(run_point_records(cfg.method, cfg.seed, ev, test_set=test_set_identity(cfg)))
-        filed.append(run.name)
-    inputs, margin, table = claim_inputs(rows), claim1_margin(scale), pd.DataFrame()
+    inputs, margin, table = claim_inputs(rows), claim1_margin(grid.scale), pd.DataFrame()
     if 'adv_dpnp' in inputs.index and set(DEFENCES) & set(inputs.index):
         table = claim_verdicts(inputs, paired=paired_claim_differences(records, draws=draws), margin=margin)
         table = table[table['claim'] == CLAIMS[0]].reset_index(drop=True)
@@ -395,7 +406,8 @@ def collect(source, figures='paper_figures') -> dict:
     card = session['card']
     results = figures / session['scale'] / card['slug']
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
-    grid = build_grid(session['scale'], results)                                    # names and configurations only
+    # the grid the session ran, on the CIFAR-10 copy it used (a record without it: the copy this machine would use)
+    grid = build_grid(session['scale'], results, cifar=session.get('cifar'))       # names and configurations only
     for archive in sorted(source.glob('*.tar.gz')):
         try:
             with tarfile.open(archive) as t:
@@ -413,7 +425,7 @@ def collect(source, figures='paper_figures') -> dict:
         write_json(folder / 'benchmark.json', bench)
         pd.DataFrame([{k: v for k, v in r.items() if k != 'agreement'} for r in bench['rows']]).to_csv(folder / 'benchmark.csv', index=False)
         filed['benchmark'] = str(folder)
-    table, paired = results_table(results), paired_comparison(results)
+    table, paired = results_table(results, grid), paired_comparison(results, grid=grid)
     title = f"{session['grid']}\n\nCard: {card['card']} (torch {card['torch']}). advdpnp's numbers at this scale, not the paper's."
     if len(table):
         table.to_csv(results / 'results.csv', index=False)
@@ -422,20 +434,22 @@ def collect(source, figures='paper_figures') -> dict:
         paired.to_csv(results / 'paired.csv', index=False)
         (results / 'paired.md').write_text(f"# Adv-DPNP minus PGD-AT on the same points\n\n{title}\n\n"
                                            f"{paired.to_markdown(index=False, floatfmt='.1f')}\n")
-    claims = claims_table(results, session['scale'])
-    if len(claims['table']):
-        missing, planned = claims['missing'], claims['planned']
-        status = (f"**Interim**: {len(planned) - len(missing)} of the {len(planned)} planned runs filed (missing: {', '.join(missing)}); "
-                  "the verdict is final only once every planned run is filed." if missing else f"All {len(planned)} planned runs filed.")
-        left_out = ''.join(f'\n- {run}: {why}' for run, why in claims['excluded'].items())
-        claims['table'].to_csv(results / 'claims.csv', index=False)
-        (results / 'claims.md').write_text(
-            f"# Claim 1: clean accuracy at comparable AutoAttack\n\n{title}\n\n{status} Adv-DPNP minus each defence filed, 95 % "
-            f"intervals paired on the shared test points (a bootstrap over them and the seeds), the unpaired ones beside them; "
-            f"verdict by the rule of 09c_claims{claims['rule']}; a defence not yet filed leaves the claim open. "
-            f"Claims 2-4 need the corruptions and features, which a device session does not measure."
-            + (f"\n\nFiled but left out:{left_out}" if left_out else '') + f"\n\n{claims['table'].to_markdown(index=False, floatfmt='.2f')}\n")
-    return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(claims['table'])}
+    claims = claims_table(results, grid)
+    missing, planned, verdicts = claims['missing'], claims['planned'], claims['table']
+    status = (f"**Interim**: {len(planned) - len(missing)} of the {len(planned)} planned runs filed (missing: {', '.join(missing)}); "
+              "the verdict is final only once every planned run is filed." if missing else f"All {len(planned)} planned runs filed.")
+    left_out = ''.join(f'\n- {run}: {why}' for run, why in claims['excluded'].items())
+    if len(verdicts): verdicts.to_csv(results / 'claims.csv', index=False)
+    else: (results / 'claims.csv').unlink(missing_ok=True)               # an earlier collect's table no longer holds
+    body = (verdicts.to_markdown(index=False, floatfmt='.2f') if len(verdicts)
+            else 'No comparison yet: claim 1 needs Adv-DPNP and at least one defence filed.')
+    (results / 'claims.md').write_text(
+        f"# Claim 1: clean accuracy at comparable AutoAttack\n\n{title}\n\n{status} Adv-DPNP minus each defence filed, 95 % "
+        f"intervals paired on the shared test points (a bootstrap over them and the seeds), the unpaired ones beside them; "
+        f"verdict by the rule of 09c_claims{claims['rule']}; a defence not yet filed leaves the claim open. "
+        f"Claims 2-4 need the corruptions and features, which a device session does not measure."
+        + (f"\n\nFiled but left out:{left_out}" if left_out else '') + f"\n\n{body}\n")
+    return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(verdicts)}
 
 # %% ../nbs/12_device.ipynb #96d5de62
 def main(argv=None) -> int:

@@ -158,15 +158,16 @@ def _fill(overrides: dict, paths: dict) -> dict:
 CIFAR10_LABELS = {'cifar10': 'official CIFAR-10 (torchvision files)',
                   'imagefolder': 'the offline CIFAR-10 JPEG copy (development data, not official CIFAR-10)'}
 
-def cifar10_source(data_dir, cifar_dir) -> dict:
-    "Where a grid finds CIFAR-10: the official files under `data_dir` when present (torchvision's `cifar-10-batches-py`), else the JPEG copy in `cifar_dir`; the dataset name, its folder and its label."
-    official = (Path(data_dir) / 'cifar-10-batches-py').is_dir()
-    dataset, folder = ('cifar10', data_dir) if official else ('imagefolder', cifar_dir)
+def cifar10_source(data_dir, cifar_dir, dataset: str | None = None) -> dict:
+    "Where a grid finds CIFAR-10: `dataset` ('cifar10': the official files under `data_dir`; 'imagefolder': the JPEG copy in `cifar_dir`), None: the official files when present (torchvision's `cifar-10-batches-py`), else the JPEG copy; the dataset name, its folder and its label."
+    if dataset is None: dataset = 'cifar10' if (Path(data_dir) / 'cifar-10-batches-py').is_dir() else 'imagefolder'
+    if dataset not in CIFAR10_LABELS: raise ValueError(f'cifar={dataset!r} is not valid; choose one of {list(CIFAR10_LABELS)} or None (the official files when present)')
+    folder = data_dir if dataset == 'cifar10' else cifar_dir
     return {'cifar10': dataset, 'cifar10_dir': str(Path(folder).resolve()), 'cifar10_label': CIFAR10_LABELS[dataset]}
 
 def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpeg', seeds=None, methods=None,
-               device: str = 'auto', amp: str | None = None) -> Grid:
-    "The runs and entries of `scale` (`amp`: the training autocast of every run, None: the plan's or else the preset's); every config is validated here, before any work."
+               device: str = 'auto', amp: str | None = None, cifar: str | None = None) -> Grid:
+    "The runs and entries of `scale` (`amp`: the training autocast of every run, None: the plan's or else the preset's; `cifar`: the CIFAR-10 copy a plan's `{cifar10}` names, `cifar10_source`); every config is validated here, before any work."
     if scale not in SCALES: raise ValueError(f'scale={scale!r} is not valid; choose one of {list(SCALES)}')
     methods = list(METHODS if methods is None else methods)
     bad = [m for m in methods if m not in METHODS]
@@ -176,7 +177,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
     paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve()),
-             **cifar10_source(data_dir, cifar_dir)}   # '{cifar10}' in a plan: official CIFAR-10 if present, else the JPEG copy
+             **cifar10_source(data_dir, cifar_dir, cifar)}   # '{cifar10}' in a plan: official CIFAR-10 if present, else the JPEG copy
     other_amp = amp is not None and amp != plan.get('amp')
     amp = plan.get('amp') if amp is None else amp
     description = plan['description'].replace('{cifar10_label}', paths['cifar10_label'])
