@@ -241,7 +241,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     results = Path(figures) / scale / card['slug']
     bench_dir = f"cuda-{card['slug']}" if device.type == 'cuda' else card['slug']
     committed, bench_file = committed_runs(results, grid), Path(figures) / 'benchmark' / bench_dir / 'benchmark.json'
-    superseded = sorted(committed_runs(results) & set(grid.runs) - committed)   # committed under a run's name, of another recipe
+    superseded = sorted((committed_runs(results) & set(grid.runs)) - committed)   # committed under a run's name, of another recipe
     session = {'card': card, 'scale': scale, 'grid': grid.description, 'budget_s': budget_s,
                'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'runs': [],
                'superseded': superseded, 'cifar': grid.cifar}
@@ -371,11 +371,12 @@ def _filing_clash(tar, results: Path, grid) -> str | None:
     member = next((m for m in tar.getmembers() if m.name.endswith(f'/{RunFolder.CONFIG}')), None)
     here = None if member is None else results / member.name.split('/')[0]
     if here is None or not (here / RunFolder.CONFIG).exists(): return None
+    away = '; move that folder away (it stays in git history) to file this one'
+    if here.name not in grid.runs: return f'{here} is filed and {here.name} is not a run of the {grid.scale} grid to compare it with{away}'
     new, old = json.load(tar.extractfile(member)), read_json(here / RunFolder.CONFIG, 'config')
-    if here.name in grid.runs and filed_differences(new, grid, here.name) == filed_differences(old, grid, here.name): return None
-    return (f'{here} holds another configuration of {here.name} (field: (filed, the grid\'s)) {filed_differences(old, grid, here.name)}'
-            if here.name in grid.runs else f'{here} is filed and {here.name} is not a run of the {grid.scale} grid to compare it with') + \
-           '; move that folder away (it stays in git history) to file this one'
+    filed = filed_differences(old, grid, here.name)
+    if filed_differences(new, grid, here.name) == filed: return None
+    return f"{here} holds another configuration of {here.name} (field: (filed, the grid's)) {filed}{away}"
 
 def claims_table(results_dir, grid, draws: int = 2000) -> dict:
     "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `grid`'s (`grid_filed`): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for the grid's scale) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
