@@ -471,6 +471,8 @@ def main(argv=None) -> int:
     col.add_argument('source', help='the folder holding session.json and the archives'); col.add_argument('--figures', default='paper_figures')
     args = parser.parse_args(argv)
     if args.command == 'collect':
+        if not (Path(args.source) / 'session.json').is_file():
+            parser.error(f'{Path(args.source) / "session.json"} does not exist: give the folder a device session returned (its session.json and archives)')
         print(collect(args.source, args.figures)); return 0
     if args.budget <= 0: parser.error(f'--budget {args.budget}: must be a positive number of seconds')
     session = device_session(args.out, args.budget, args.scale, args.data_dir, args.cifar_dir, args.cifar_tar, args.runs_dir,

@@ -62,3 +62,10 @@ def test_device_session_bad_budget(tmp_path, root):
                        capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
     assert p.returncode == 2 and '--budget -5.0: must be a positive number of seconds' in p.stderr
     assert not (tmp_path / 'o').exists()                                   # refused before anything is written
+
+
+def test_device_session_collect_of_a_folder_without_a_session(tmp_path, root):
+    p = subprocess.run([sys.executable, '-m', 'advdpnp.device_session', 'collect', 'typo', '--figures', 'figures'], cwd=tmp_path,
+                       capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
+    assert p.returncode == 2 and 'typo/session.json does not exist' in p.stderr and 'Traceback' not in p.stderr
+    assert not (tmp_path / 'figures').exists()                             # refused before anything is written
