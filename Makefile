@@ -105,10 +105,10 @@ gpu-carry: $(STAMP)
 	du -shc $(CARRY)/site/* $(CARRY)/cifar10-jpeg.tar.gz
 	@size=$$(du -sb $(CARRY) | cut -f1); test $$size -le 67108864 || { echo "$(CARRY)/ is $$size bytes: over the device tool's 64 MiB carry limit"; exit 1; }
 
-# File what a device session returned (FROM: the folder holding session.json) under paper_figures/.
+# File what a device session returned (FROM: the folder holding session.json) under paper_figures/; REPLACE=1: move a filed run of another configuration to superseded/.
 gpu-collect: $(STAMP)
 	test -n "$(FROM)" || { echo 'make gpu-collect FROM=<folder with session.json>'; exit 2; }
-	$(BIN)/python -m advdpnp.device_session collect $(FROM)
+	$(BIN)/python -m advdpnp.device_session collect $(FROM) $(if $(REPLACE),--replace)
 
 # Re-run the component notebooks in place so that their saved figures and tables match the code (minutes on 2 cores).
 outputs: $(STAMP)

@@ -177,7 +177,7 @@ def build_grid(scale: str, out_dir, data_dir='data', cifar_dir='data/cifar10-jpe
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise ValueError(f'seeds={seeds!r} must be a non-empty list of non-negative integers')
     paths = {'data_dir': str(Path(data_dir).resolve()), 'cifar_dir': str(Path(cifar_dir).resolve()),
-             **cifar10_source(data_dir, cifar_dir, cifar)}   # '{cifar10}' in a plan: official CIFAR-10 if present, else the JPEG copy
+             **cifar10_source(data_dir, cifar_dir, cifar)}   # '{cifar10}' in a plan: the copy `cifar` names, else official CIFAR-10 if present, else the JPEG copy
     other_amp = amp is not None and amp != plan.get('amp')
     amp = plan.get('amp') if amp is None else amp
     description = plan['description'].replace('{cifar10_label}', paths['cifar10_label'])
