@@ -108,7 +108,7 @@ gpu-carry: $(STAMP)
 # File what a device session returned (FROM: the folder holding session.json) under paper_figures/; REPLACE=1: move a filed run of another configuration to superseded/.
 gpu-collect: $(STAMP)
 	test -n "$(FROM)" || { echo 'make gpu-collect FROM=<folder with session.json>'; exit 2; }
-	$(BIN)/python -m advdpnp.device_session collect $(FROM) $(if $(REPLACE),--replace)
+	$(BIN)/python -m advdpnp.device_session collect $(FROM) $(if $(filter 1,$(REPLACE)),--replace)
 
 # Re-run the component notebooks in place so that their saved figures and tables match the code (minutes on 2 cores).
 outputs: $(STAMP)

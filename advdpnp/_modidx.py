@@ -260,6 +260,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'advdpnp.device_session._bench_summary': ( 'device.html#_bench_summary',
                                                                                    'advdpnp/device_session.py'),
                                         'advdpnp.device_session._file_archive': ('device.html#_file_archive', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session._filing_clash': ('device.html#_filing_clash', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._percent': ('device.html#_percent', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._train_or_reuse': ( 'device.html#_train_or_reuse',
                                                                                     'advdpnp/device_session.py'),

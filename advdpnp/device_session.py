@@ -391,45 +391,55 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
 
 SUPERSEDED = 'superseded'   # collect --replace moves a filed folder of another configuration here, under the session's time
 
-def _archive_record(tar) -> tuple:
-    "(run name, saved config, evaluation request or None) of a run's archive (`pack_run`); ValueError if it is not one run folder with its config."
-    names = tar.getnames()
-    tops = {n.split('/')[0] for n in names}
-    if len(tops) != 1 or f'{next(iter(tops))}/{RunFolder.CONFIG}' not in names:
-        raise ValueError(f'it holds {sorted(tops)}: not one run folder with its {RunFolder.CONFIG}')
-    name = tops.pop()
-    evaluation = f'{name}/{EVALUATION}'
-    return (name, json.load(tar.extractfile(f'{name}/{RunFolder.CONFIG}')),
-            json.load(tar.extractfile(evaluation)).get('request') if evaluation in names else None)
+def _archive_record(tar, name: str) -> tuple:
+    "(saved config, evaluation request or None) of the archive of run `name` (`pack_run`: regular files under `name`/); ValueError if it is not that."
+    members = tar.getmembers()
+    if not name or name.startswith('.') or name in ('sessions', SUPERSEDED) or any(m.name.split('/')[0] != name for m in members):
+        raise ValueError(f"it holds {sorted({m.name.split('/')[0] for m in members})}: not the one run folder {name}/ its file name says")
+    files = {m.name: m for m in members if m.isreg()}
+    def read(file):
+        member = files.get(f'{name}/{file}')
+        return None if member is None else json.load(tar.extractfile(member))
+    saved, evaluation = read(RunFolder.CONFIG), read(EVALUATION)
+    if not isinstance(saved, dict): raise ValueError(f'its {name}/{RunFolder.CONFIG} is missing or not a JSON object')
+    request = evaluation.get('request') if isinstance(evaluation, dict) else None
+    if evaluation is not None and not isinstance(request, dict): raise ValueError(f'its {name}/{EVALUATION} records no request')
+    return saved, request
 
-def _file_archive(tar, results: Path, grid, replace_to: Path | None = None) -> tuple:
-    "File one run's archive under `results`, its folder replaced whole (no file of an earlier training is left beside a later one): ('filed' | 'kept' | 'refused', why). Kept: a training-only archive where the same configuration's evaluated run is filed. Refused: a folder filed under the run's name that the grid does not plan or that holds another configuration or evaluation; with `replace_to`, that folder is moved there instead and the archive filed."
-    name, saved, request = _archive_record(tar)
-    here = results / name
+def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid) -> tuple:
+    "(outcome, why) of filing run `name` (`saved` config, evaluation `request`) over the folder `here`: (None, None) to swap it in, ('kept', why) to leave the filed run, ('refused', why) never, ('clash', why) only by moving the filed folder away."
+    try: old, old_request = filed_record(here) if (here / RunFolder.CONFIG).is_file() else (None, None)
+    except ValueError as e: return 'clash', f'{here} holds a damaged record ({e})'
+    if old is None: return 'clash', f'{here} is there and holds no {RunFolder.CONFIG}'
+    if name not in grid.runs: return 'clash', f'{here} is filed and {name} is not a run of the {grid.scale} grid to compare it with'
+    if filed_differences(old, grid, name) == filed_differences(saved, grid, name):        # the same training configuration
+        if request is None and old_request is not None:
+            return 'kept', f'a training-only archive: {here} keeps its evaluated run of the same configuration'
+        if request is None or old_request is None or request == old_request: return None, None
+    filed_diff, new_diff = filed_differences(old, grid, name, old_request), filed_differences(saved, grid, name, request)
+    why = (f"{here} holds another configuration of {name} than this archive; against the grid's (field: (run's, the grid's)) "
+           f"the filed run differs in {filed_diff or 'nothing'}, the archive in {new_diff or 'nothing'}")
+    if filed_diff == {}:      # the filed run is the grid's (the archive is not): it is never replaced by another recipe
+        return 'refused', f'{why}; the filed run is kept'
+    return 'clash', why
+
+def _file_archive(tar, name: str, results: Path, grid, replace_to: Path | None = None) -> tuple:
+    "File the archive of run `name` under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one): ('filed' | 'kept' | 'refused', why) by `_filing_clash`; a clash is refused unless `replace_to` is given, where the filed folder is moved."
+    saved, request = _archive_record(tar, name)
+    here, move_to = results / name, None
     if here.exists() or here.is_symlink():
-        if not (here / RunFolder.CONFIG).is_file(): clash = f'{here} is there and holds no {RunFolder.CONFIG}'
-        elif name not in grid.runs: clash = f'{here} is filed and {name} is not a run of the {grid.scale} grid to compare it with'
-        else:
-            old, old_request = filed_record(here)
-            same = (filed_differences(old, grid, name) == filed_differences(saved, grid, name)
-                    and (request is None or old_request is None or request == old_request))
-            if same and request is None and old_request is not None:
-                return 'kept', f'a training-only archive: {here} keeps its evaluated run of the same configuration'
-            filed_diff, new_diff = filed_differences(old, grid, name, old_request), filed_differences(saved, grid, name, request)
-            clash = None if same else (f"{here} holds another configuration of {name} than this archive; against the grid's "
-                                       f"(field: (run's, the grid's)) the filed run differs in {filed_diff or 'nothing'}, the archive in {new_diff or 'nothing'}")
-            if clash and filed_diff == {}:      # the filed run is the grid's: an archive of another recipe never replaces it
-                return 'refused', f'{clash}; the filed run is kept'
-        if clash and replace_to is None:
-            return 'refused', f"{clash}; collect it with --replace to move that folder to {results / SUPERSEDED}/ (or move it away yourself)"
-        if clash:
-            if (replace_to / name).exists(): return 'refused', f'{clash}; and {replace_to / name} exists already'
-            replace_to.mkdir(parents=True, exist_ok=True)
-            here.rename(replace_to / name)
+        outcome, why = _filing_clash(here, name, saved, request, grid)
+        if outcome == 'clash' and replace_to is None:
+            return 'refused', f"{why}; collect it with --replace to move that folder to {results / SUPERSEDED}/ (or move it away yourself)"
+        if outcome == 'clash' and (replace_to / name).exists(): return 'refused', f'{why}; and {replace_to / name} exists already'
+        if outcome in ('kept', 'refused'): return outcome, why
+        move_to = replace_to / name if outcome == 'clash' else None
     unpacked = Path(tempfile.mkdtemp(prefix='.collect-', dir=results))   # on the same disk: the folder is swapped in whole
     try:
         tar.extractall(unpacked, filter='data')                     # members are <run>/<file>; nothing outside
-        if here.exists() or here.is_symlink(): here.rename(unpacked / '.old')
+        if here.exists() or here.is_symlink():                      # moved only once the new folder is complete
+            if move_to is not None: move_to.parent.mkdir(parents=True, exist_ok=True)
+            here.rename(move_to or unpacked / '.old')
         (unpacked / name).rename(here)
     finally: shutil.rmtree(unpacked)
     return 'filed', None
@@ -469,7 +479,7 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
     outcome = {'kept': {}, 'refused': {}}
     for archive in sorted(source.glob('*.tar.gz')):
         try:
-            with tarfile.open(archive) as t: done, why = _file_archive(t, results, grid, replace_to)
+            with tarfile.open(archive) as t: done, why = _file_archive(t, archive.name.removesuffix('.tar.gz'), results, grid, replace_to)
         except (tarfile.TarError, EOFError, OSError, ValueError) as e:   # cut short while written by an older session: the others are still filed
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
@@ -535,7 +545,7 @@ def main(argv=None) -> int:
             parser.error(f'{Path(args.source) / "session.json"} does not exist: give the folder a device session returned (its session.json and archives)')
         filed = collect(args.source, args.figures, args.replace)
         print(json.dumps(filed, indent=1))
-        if filed['refused']: print(f"{len(filed['refused'])} archive(s) not filed (said above); the rest are", file=sys.stderr)
+        if filed['refused']: print(f"{len(filed['refused'])} archive(s) not filed (said above); the others are filed", file=sys.stderr)
         return 1 if filed['refused'] else 0
     if args.budget <= 0: parser.error(f'--budget {args.budget}: must be a positive number of seconds')
     session = device_session(args.out, args.budget, args.scale, args.data_dir, args.cifar_dir, args.cifar_tar, args.runs_dir,
