@@ -341,8 +341,9 @@ def grid_filed(results_dir, grid, methods=None) -> tuple:
     "The run folders filed in `results_dir` (`filed_folders`) that are `grid`'s runs as it configures and evaluates them (`folder_differences`), by name, and {name: why not} for the others; `methods`: only runs of these methods."
     runs, others = [], {}
     for run in filed_folders(results_dir):
-        if methods is not None and read_json(run / RunFolder.CONFIG, 'config').get('method') not in methods: continue
-        diff = folder_differences(run, grid)
+        saved, request = filed_record(run)                   # each file read once
+        if methods is not None and saved.get('method') not in methods: continue
+        diff = filed_differences(saved, grid, run.name, request)
         if diff is None: others[run.name] = f'not a run of the {grid.scale} grid'
         elif diff: others[run.name] = f"another configuration (field: (filed, the grid's)) {diff}"
         else: runs.append(run)
