@@ -262,6 +262,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'advdpnp.device_session._file_archive': ('device.html#_file_archive', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._filing_clash': ('device.html#_filing_clash', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._percent': ('device.html#_percent', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session._results_row': ('device.html#_results_row', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session._same_files': ('device.html#_same_files', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._train_or_reuse': ( 'device.html#_train_or_reuse',
                                                                                     'advdpnp/device_session.py'),
                                         'advdpnp.device_session._unpack_cifar': ('device.html#_unpack_cifar', 'advdpnp/device_session.py'),

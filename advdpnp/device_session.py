@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gzip
 import io
 import json
 import re
@@ -18,6 +19,7 @@ import tempfile
 import time
 import traceback
 import warnings
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -37,12 +39,12 @@ from .train import prepare_model, resolve_device, train, training_precision
 
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
-           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES', 'SUPERSEDED',
-           'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes', 'estimate_seconds',
-           'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request', 'filed_differences', 'filed_folders',
-           'filed_record', 'folder_differences', 'committed_runs', 'benchmark_complete', 'decode_seconds',
-           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
-           'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
+           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'PACKED', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES',
+           'SUPERSEDED', 'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes',
+           'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request', 'filed_differences',
+           'filed_folders', 'filed_record', 'folder_differences', 'committed_runs', 'benchmark_complete',
+           'decode_seconds', 'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate',
+           'device_session', 'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -111,6 +113,7 @@ def eval_pass_seconds(cfg, device, batch: int = 512, repeats: int = 3) -> float:
 
 # %% ../nbs/12_device.ipynb #a5a23309
 EVALUATION = 'evaluation.json'
+PACKED = (RunFolder.CONFIG, RunFolder.METRICS, RunFolder.HISTORY, RunFolder.CURVES, EVALUATION)   # the files of a run's archive
 
 def pack_run(folder: RunFolder, request: dict | None, out) -> Path:
     "`out`/<run>.tar.gz with the run's config, metrics, history, training curves and its evaluation of `request` (None: training only)."
@@ -119,7 +122,7 @@ def pack_run(folder: RunFolder, request: dict | None, out) -> Path:
     archive = out / f'{folder.path.name}.tar.gz'
     part = archive.with_name(archive.name + '.part')         # renamed when complete: a command cut short leaves no truncated archive
     with tarfile.open(part, 'w:gz') as tar:
-        for name in (folder.CONFIG, folder.METRICS, folder.HISTORY, folder.CURVES):
+        for name in PACKED[:-1]:
             if folder.file(name).exists(): tar.add(folder.file(name), arcname=f'{folder.path.name}/{name}')
         if evaluation is not None: tar.add(evaluation, arcname=f'{folder.path.name}/{EVALUATION}')
     part.replace(archive)
@@ -196,8 +199,10 @@ def folder_differences(folder, grid) -> dict | None:
 
 def committed_runs(results_dir, grid=None) -> set:
     "Names of the runs whose results are committed under `results_dir` (their metrics and evaluation are there); with `grid`, only those that are its runs as it now configures and evaluates them (a result of another recipe, or of another evaluation, under a run's name does not count)."
-    done = [p for p in filed_folders(results_dir) if (p / RunFolder.METRICS).exists()]
-    return {p.name for p in done if grid is None or folder_differences(p, grid) == {}}
+    def matches(p):
+        try: return folder_differences(p, grid) == {}
+        except ValueError: return False            # a damaged record: not committed, so a session redoes the run
+    return {p.name for p in filed_folders(results_dir) if (p / RunFolder.METRICS).exists() and (grid is None or matches(p))}
 
 def _unpack_cifar(tar, cifar_dir) -> None:
     "Unpack the CIFAR-10 JPEG tarball beside `cifar_dir` when `cifar_dir` is missing (a fresh device machine)."
@@ -341,7 +346,8 @@ def grid_filed(results_dir, grid, methods=None) -> tuple:
     "The run folders filed in `results_dir` (`filed_folders`) that are `grid`'s runs as it configures and evaluates them (`folder_differences`), by name, and {name: why not} for the others; `methods`: only runs of these methods."
     runs, others = [], {}
     for run in filed_folders(results_dir):
-        saved, request = filed_record(run)                   # each file read once
+        try: saved, request = filed_record(run)              # each file read once
+        except ValueError as e: others[run.name] = f'a damaged record ({e})'; continue
         if methods is not None and saved.get('method') not in methods: continue
         diff = filed_differences(saved, grid, run.name, request)
         if diff is None: others[run.name] = f'not a run of the {grid.scale} grid'
@@ -354,19 +360,24 @@ def results_table(results_dir, grid=None) -> pd.DataFrame:
     others = grid_filed(results_dir, grid)[1] if grid is not None else {}
     rows = []
     for run in filed_folders(results_dir):
-        m, ev = read_json(run / RunFolder.METRICS, 'metrics'), read_json(run / EVALUATION, 'evaluation')
-        cfg = read_json(run / RunFolder.CONFIG, 'config')
-        row = {'run': run.name, 'method': m['method'], 'seed': cfg['seed'], 'epochs': m['epochs'], 'n_train': m['n_train'],
-               'precision': m.get('precision', {}).get('dtype'), 'compile_mode': m.get('compile_mode', 'off'),
-               'train_min': round(m['train_seconds'] / 60, 1),
-               f"clean, all {m['n_test']} test (%)": _percent(m['clean_acc'], m['standard_errors']['clean_acc'], m['n_test'])}
-        sizes = ev.get('n_per_attack', {})
-        for k, v in {**ev['accuracy'], 'worst_case': ev['worst_case']}.items():
-            row[f'{ATTACK_COLUMNS.get(k, k)} (%)'] = _percent(v, ev['standard_errors'][k], sizes.get(k, ev['n']))
-        row['soundness'] = ev['soundness']['verdict'] if 'soundness' in ev else 'not run'
-        if grid is not None: row['grid run'] = others.get(run.name, 'yes')
-        rows.append(row)
+        try: rows.append(_results_row(run, others.get(run.name, 'yes') if grid is not None else None))
+        except (ValueError, KeyError, TypeError) as e: warnings.warn(f'{run}: left out of the results table, its record cannot be read ({type(e).__name__}: {e})')
     return pd.DataFrame(rows)
+
+def _results_row(run: Path, grid_run: str | None) -> dict:
+    "`results_table`'s row of the filed run folder `run`; `grid_run`: its `grid run` column (None: no such column)."
+    m, ev = read_json(run / RunFolder.METRICS, 'metrics'), read_json(run / EVALUATION, 'evaluation')
+    cfg = read_json(run / RunFolder.CONFIG, 'config')
+    row = {'run': run.name, 'method': m['method'], 'seed': cfg['seed'], 'epochs': m['epochs'], 'n_train': m['n_train'],
+           'precision': m.get('precision', {}).get('dtype'), 'compile_mode': m.get('compile_mode', 'off'),
+           'train_min': round(m['train_seconds'] / 60, 1),
+           f"clean, all {m['n_test']} test (%)": _percent(m['clean_acc'], m['standard_errors']['clean_acc'], m['n_test'])}
+    sizes = ev.get('n_per_attack', {})
+    for k, v in {**ev['accuracy'], 'worst_case': ev['worst_case']}.items():
+        row[f'{ATTACK_COLUMNS.get(k, k)} (%)'] = _percent(v, ev['standard_errors'][k], sizes.get(k, ev['n']))
+    row['soundness'] = ev['soundness']['verdict'] if 'soundness' in ev else 'not run'
+    if grid_run is not None: row['grid run'] = grid_run
+    return row
 
 def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level: float = 0.95, grid=None) -> pd.DataFrame:
     "acc(b) - acc(a) per seed and measure on the points both were evaluated on, with its paired interval at `level`; with `grid`, only its runs (`grid_filed`)."
@@ -390,25 +401,39 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
                          f'only {b} right': d['b_only'], f'only {a} right': d['a_only'], 'n': d['n']})
     return pd.DataFrame(rows)
 
-SUPERSEDED = 'superseded'   # collect --replace moves a filed folder of another configuration here, under the session's time
+SUPERSEDED = 'superseded'   # collect moves a filed folder it swaps out here, under the session's time: never deleted
 
 def _archive_record(tar, name: str) -> tuple:
-    "(saved config, evaluation request or None) of the archive of run `name` (`pack_run`: regular files under `name`/); ValueError if it is not that."
+    "(saved config, evaluation request or None) of the archive of run `name`: `PACKED` regular files under `name`/, the config and metrics at least, each a JSON object; ValueError if it is not that."
     members = tar.getmembers()
     if not name or name.startswith('.') or name in ('sessions', SUPERSEDED) or any(m.name.split('/')[0] != name for m in members):
         raise ValueError(f"it holds {sorted({m.name.split('/')[0] for m in members})}: not the one run folder {name}/ its file name says")
-    files = {m.name: m for m in members if m.isreg()}
+    allowed = {f'{name}/{f}' for f in PACKED}
+    odd = [m.name for m in members if not (m.isreg() and m.name in allowed or m.isdir() and m.name == name)]
+    if odd: raise ValueError(f"it holds {odd}: a run's archive holds only the regular files {name}/{{{', '.join(PACKED)}}}")
+    files = {m.name: m for m in members}
     def read(file):
         member = files.get(f'{name}/{file}')
-        return None if member is None else json.load(tar.extractfile(member))
-    saved, evaluation = read(RunFolder.CONFIG), read(EVALUATION)
-    if not isinstance(saved, dict): raise ValueError(f'its {name}/{RunFolder.CONFIG} is missing or not a JSON object')
-    request = evaluation.get('request') if isinstance(evaluation, dict) else None
+        if member is None: return None
+        value = json.load(tar.extractfile(member))
+        if not isinstance(value, dict): raise ValueError(f'its {name}/{file} is not a JSON object')
+        return value
+    saved, metrics, evaluation = read(RunFolder.CONFIG), read(RunFolder.METRICS), read(EVALUATION)
+    if saved is None or metrics is None: raise ValueError(f'it holds no {name}/{RunFolder.CONFIG if saved is None else RunFolder.METRICS}: not a finished run')
+    request = None if evaluation is None else evaluation.get('request')
     if evaluation is not None and not isinstance(request, dict): raise ValueError(f'its {name}/{EVALUATION} records no request')
     return saved, request
 
+def _same_files(tar, name: str, here: Path) -> bool:
+    "Whether the folder `here` holds exactly the files of run `name`'s archive, byte for byte (the same archive collected again)."
+    packed = {m.name.removeprefix(f'{name}/'): m for m in tar.getmembers() if m.isreg()}
+    if here.is_symlink() or not here.is_dir() or sorted(p.name for p in here.iterdir()) != sorted(packed): return False
+    return all((here / f).is_file() and not (here / f).is_symlink() and (here / f).read_bytes() == tar.extractfile(m).read()
+               for f, m in packed.items())
+
 def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid) -> tuple:
-    "(outcome, why) of filing run `name` (`saved` config, evaluation `request`) over the folder `here`: (None, None) to swap it in, ('kept', why) to leave the filed run, ('refused', why) never, ('clash', why) only by moving the filed folder away."
+    "(outcome, why) of filing run `name` (`saved` config, evaluation `request`) over the folder `here`: (None, None) to swap it in (another training of the same configuration), ('kept', why) to leave the filed run, ('refused', why) never, ('clash', why) only by moving the filed folder away."
+    if here.is_symlink(): return 'clash', f'{here} is a link, not a run folder'
     try: old, old_request = filed_record(here) if (here / RunFolder.CONFIG).is_file() else (None, None)
     except ValueError as e: return 'clash', f'{here} holds a damaged record ({e})'
     if old is None: return 'clash', f'{here} is there and holds no {RunFolder.CONFIG}'
@@ -424,26 +449,27 @@ def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid
         return 'refused', f'{why}; the filed run is kept'
     return 'clash', why
 
-def _file_archive(tar, name: str, results: Path, grid, replace_to: Path | None = None) -> tuple:
-    "File the archive of run `name` under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one): ('filed' | 'kept' | 'refused', why) by `_filing_clash`; a clash is refused unless `replace_to` is given, where the filed folder is moved."
+def _file_archive(tar, name: str, results: Path, grid, superseded: Path, replace: bool = False) -> tuple:
+    "File run `name`'s archive under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one): ('filed' | 'replaced' | 'kept' | 'refused', why) by `_filing_clash`. A filed folder that is swapped out moves to `superseded`/<run>, never deleted: another training of the same configuration always, another configuration only with `replace`; the same files collected again change nothing."
     saved, request = _archive_record(tar, name)
     here, move_to = results / name, None
     if here.exists() or here.is_symlink():
+        if _same_files(tar, name, here): return 'filed', None
         outcome, why = _filing_clash(here, name, saved, request, grid)
-        if outcome == 'clash' and replace_to is None:
-            return 'refused', f"{why}; collect it with --replace to move that folder to {results / SUPERSEDED}/ (or move it away yourself)"
-        if outcome == 'clash' and (replace_to / name).exists(): return 'refused', f'{why}; and {replace_to / name} exists already'
         if outcome in ('kept', 'refused'): return outcome, why
-        move_to = replace_to / name if outcome == 'clash' else None
+        if outcome == 'clash' and not replace:
+            return 'refused', f"{why}; collect it with --replace to move that folder to {superseded}/ (or move it away yourself)"
+        why, move_to = why or f'{here} held another training of the same configuration', superseded / name
+        if move_to.exists() or move_to.is_symlink(): return 'refused', f'{why}; it cannot be moved: {move_to} exists already'
     unpacked = Path(tempfile.mkdtemp(prefix='.collect-', dir=results))   # on the same disk: the folder is swapped in whole
     try:
-        tar.extractall(unpacked, filter='data')                     # members are <run>/<file>; nothing outside
-        if here.exists() or here.is_symlink():                      # moved only once the new folder is complete
-            if move_to is not None: move_to.parent.mkdir(parents=True, exist_ok=True)
-            here.rename(move_to or unpacked / '.old')
+        tar.extractall(unpacked, filter='data')                     # members are <run>/<file>, regular files only
+        if move_to is not None:                                     # moved only once the new folder is complete
+            move_to.parent.mkdir(parents=True, exist_ok=True)
+            here.rename(move_to)
         (unpacked / name).rename(here)
     finally: shutil.rmtree(unpacked)
-    return 'filed', None
+    return ('filed', None) if move_to is None else ('replaced', f'{why}: moved to {move_to}')
 
 def claims_table(results_dir, grid, draws: int = 2000) -> dict:
     "Claim 1 of `09c_claims` on the runs filed in `results_dir` that are `grid`'s (`grid_filed`): `table` (Adv-DPNP against each defence filed, paired on shared test points; empty until both are filed), `margin` (registered for the grid's scale) and its `rule` note, the `planned` runs and those `missing` (the verdict is interim until none is), the filed runs `excluded` with why."
@@ -468,7 +494,7 @@ def claims_table(results_dir, grid, draws: int = 2000) -> dict:
             'missing': [r for r in planned if r not in filed], 'excluded': excluded}
 
 def collect(source, figures='paper_figures', replace: bool = False) -> dict:
-    "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; `replace`: a filed folder of another configuration is moved to `superseded/`), benchmark, session record, results table, paired comparison, claim 1; the archives `kept` out and `refused`, with why."
+    "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; a filed folder swapped out moves to `superseded/<session>/`, one of another configuration only with `replace`), benchmark, session record, results table, paired comparison, claim 1; the archives filed in place of a folder (`replaced`), `kept` out and `refused`, with why."
     source, figures = Path(source), Path(figures)
     session = read_json(source / 'session.json', 'device session record')
     card = session['card']
@@ -476,12 +502,13 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
     # the grid the session ran, on the CIFAR-10 copy it used (a record without it: the copy this machine would use)
     grid = build_grid(session['scale'], results, cifar=session.get('cifar'))       # names and configurations only
-    replace_to = results / SUPERSEDED / session['started'].replace(':', '') if replace else None
-    outcome = {'kept': {}, 'refused': {}}
+    superseded = results / SUPERSEDED / session['started'].replace(':', '')
+    outcome = {'replaced': {}, 'kept': {}, 'refused': {}}
     for archive in sorted(source.glob('*.tar.gz')):
-        try:
-            with tarfile.open(archive) as t: done, why = _file_archive(t, archive.name.removesuffix('.tar.gz'), results, grid, replace_to)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:   # cut short while written by an older session: the others are still filed
+        try:   # decompressed whole first: a damaged archive fails its gzip check here, before anything is unpacked
+            with tarfile.open(fileobj=io.BytesIO(gzip.decompress(archive.read_bytes()))) as t:
+                done, why = _file_archive(t, archive.name.removesuffix('.tar.gz'), results, grid, superseded, replace)
+        except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:   # damaged, or cut short: the others are still filed
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
         if done == 'refused': warnings.warn(f'{archive}: not filed: {why}')
@@ -539,7 +566,7 @@ def main(argv=None) -> int:
     run.add_argument('--max_runs', type=int, default=None)
     col = sub.add_parser('collect', help="file a session's returned files under paper_figures/")
     col.add_argument('source', help='the folder holding session.json and the archives'); col.add_argument('--figures', default='paper_figures')
-    col.add_argument('--replace', action='store_true', help=f'move a filed run folder of another configuration to {SUPERSEDED}/ and file the new run')
+    col.add_argument('--replace', action='store_true', help=f'move a filed run folder of another configuration to {SUPERSEDED}/<session>/ and file the new run')
     args = parser.parse_args(argv)
     if args.command == 'collect':
         if not (Path(args.source) / 'session.json').is_file():
