@@ -105,7 +105,7 @@ gpu-carry: $(STAMP)
 	du -shc $(CARRY)/site/* $(CARRY)/cifar10-jpeg.tar.gz
 	@size=$$(du -sb $(CARRY) | cut -f1); test $$size -le 67108864 || { echo "$(CARRY)/ is $$size bytes: over the device tool's 64 MiB carry limit"; exit 1; }
 
-# File what a device session returned (FROM: the folder holding session.json) under paper_figures/; REPLACE=1: move a filed run of another configuration to superseded/.
+# File what a device session returned (FROM: the folder holding session.json) under paper_figures/; REPLACE=1: move a filed run of another configuration to superseded/<the session that filed it>/.
 gpu-collect: $(STAMP)
 	test -n "$(FROM)" || { echo 'make gpu-collect FROM=<folder with session.json>'; exit 2; }
 	$(BIN)/python -m advdpnp.device_session collect $(FROM) $(if $(filter 1,$(REPLACE)),--replace)

@@ -38,17 +38,19 @@ from .stats import paired_difference, standard_error
 from .train import prepare_model, resolve_device, train, training_precision
 
 # %% auto #0
-__all__ = ['PRIORITY', 'BENCH_METHODS', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE', 'AUTOATTACK_ITERATIONS',
-           'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'PACKED', 'COMPILE_RESERVE_S', 'MAX_ARCHIVES',
-           'SUPERSEDED', 'card_slug', 'card_info', 'priority_runs', 'eval_iterations', 'eval_passes',
-           'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request', 'filed_differences',
-           'filed_folders', 'filed_record', 'folder_differences', 'committed_runs', 'benchmark_complete',
-           'decode_seconds', 'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate',
-           'device_session', 'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'collect', 'main']
+__all__ = ['PRIORITY', 'BENCH_METHODS', 'SESSION_SCALES', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE',
+           'AUTOATTACK_ITERATIONS', 'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'PACKED', 'COMPILE_RESERVE_S',
+           'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'card_slug', 'card_info', 'priority_runs', 'eval_iterations',
+           'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request',
+           'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
+           'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
+           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'grid_filed',
+           'results_table', 'paired_comparison', 'claims_table', 'session_record', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
 BENCH_METHODS = ('pgd_at', 'adv_dpnp')
+SESSION_SCALES = ('gpu', 'micro')   # the grid scales a device session runs (micro: its CPU test)
 
 def card_slug(name: str) -> str:
     "A folder name for a device: 'NVIDIA H200' -> 'nvidia-h200'."
@@ -187,10 +189,13 @@ def filed_folders(results_dir) -> list:
     return sorted(p for p in d.iterdir() if (p / EVALUATION).exists()) if d.is_dir() else []
 
 def filed_record(folder) -> tuple:
-    "(saved config, the request its evaluation was made for, or None if it holds none) of a filed run folder."
+    "(saved config, the request its evaluation was made for, or None if it holds none) of a filed run folder; ValueError naming the file if one is missing, damaged or not a JSON object."
     folder = Path(folder)
-    evaluation = folder / EVALUATION
-    return read_json(folder / RunFolder.CONFIG, 'config'), read_json(evaluation, 'evaluation').get('request') if evaluation.exists() else None
+    config, evaluation = folder / RunFolder.CONFIG, folder / EVALUATION
+    if not config.is_file(): raise ValueError(f'{config} is missing')
+    request = read_json(evaluation, 'evaluation').get('request') if evaluation.exists() else None
+    if request is not None and not isinstance(request, dict): raise ValueError(f'{evaluation} records a request that is not a JSON object')
+    return read_json(config, 'config'), request
 
 def folder_differences(folder, grid) -> dict | None:
     "`filed_differences` of a filed run folder: its saved config and its evaluation's request against `grid`'s run of the folder's name."
@@ -212,6 +217,17 @@ def _unpack_cifar(tar, cifar_dir) -> None:
     if not (cifar_dir / 'train').is_dir(): raise FileNotFoundError(f'{tar} did not unpack into {cifar_dir}/train')
 
 MAX_ARCHIVES = 6   # a device command returns at most 8 files: session.json, benchmark.json and six run archives
+
+def earlier_session_files(out) -> str | None:
+    "What a session found in its output folder `out` from an earlier one (its record, benchmark or archives), which it would write over or pass off as its own; None for a folder that is empty of them or not there."
+    out = Path(out)
+    found = sorted(p.name for p in out.glob('*') if p.name in ('session.json', 'benchmark.json') or p.name.endswith('.tar.gz')) if out.is_dir() else []
+    return f"{out} holds an earlier session's files ({', '.join(found)}): give each session an empty output folder" if found else None
+
+def trained_runs(session: dict) -> set:
+    "The runs a device `session` record says it trained, and so packed: evaluated, cut short in the evaluation, or failed there (`collect` files no other archive as the session's)."
+    done = lambda r: str(r.get('done', '')) if isinstance(r, dict) else ''
+    return {r['run'] for r in session.get('runs', []) if done(r) in ('trained+evaluated', 'trained; evaluating') or done(r).startswith('failed in evaluation')}
 
 def benchmark_complete(bench: dict | None) -> bool:
     "Whether a benchmark timed every `BENCH_METHODS` and no compiled check was skipped for time (a failed check is a finding, kept)."
@@ -262,6 +278,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
                    compile_mode: str = 'reduce-overhead', max_runs: int | None = None, progress: bool = False) -> dict:
     "A device session within `budget_s` seconds: card, benchmark, then the runs of `scale` in `PRIORITY` order that are not committed and fit; every finished run packed into `out` at once; a run that fails is recorded and the session goes on (a compiled one is retried eagerly)."
     t0, out = time.monotonic(), Path(out)
+    if stale := earlier_session_files(out): raise FileExistsError(stale)
     left = lambda: budget_s - (time.monotonic() - t0)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -308,18 +325,19 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
         if estimate > left():
             session['runs'].append({'run': name, 'done': f'skipped: estimated {estimate:.0f} s, {max(left(), 0):.0f} s left'}); save(); continue
         print(f'{name}: training (estimated {estimate:.0f} s with its evaluation, {left():.0f} s left; compile_mode {mode})', flush=True)
-        t_run, stage, folder = time.monotonic(), 'training', RunFolder(grid.run_dir(name))
+        t_run, stage, folder, trained = time.monotonic(), 'training', RunFolder(grid.run_dir(name)), None
         try:
             metrics = _train_or_reuse(cfg, folder, progress)
             t_eval, stage = time.monotonic(), 'evaluation'
-            pack_run(folder, None, out)   # the trained run comes back even if the evaluation is cut short
-            session['runs'].append({'run': name, 'done': 'trained; evaluating', 'train_s': round(t_eval - t_run, 1)}); save()
-            session['runs'].pop()
+            session['runs'].append(trained := {'run': name, 'done': 'trained; evaluating', 'train_s': round(t_eval - t_run, 1)}); save()
+            pack_run(folder, None, out)   # the trained run comes back even if the evaluation is cut short (recorded first: `trained_runs`)
+            session['runs'].remove(trained)
             ev = evaluate_run(folder.path, request['attacks'], e['n_eval'], batch_size='auto', soundness=e['soundness'],
                               device=str(device), progress=progress, n_autoattack=e.get('n_autoattack'))
             eval_s = time.monotonic() - t_eval
             archive = pack_run(folder, request, out)
         except Exception as err:   # one run's failure is a finding; the budget left goes to the next
+            if trained in session['runs']: session['runs'].remove(trained)
             again = stage == 'training' and mode != 'off' and name not in retried
             session['runs'].append({'run': name, 'done': f'failed in {stage} ({type(err).__name__}: {err})'[:600], 'compile_mode': mode,
                                     'traceback': traceback.format_exc()[-4000:]})
@@ -361,7 +379,7 @@ def results_table(results_dir, grid=None) -> pd.DataFrame:
     rows = []
     for run in filed_folders(results_dir):
         try: rows.append(_results_row(run, others.get(run.name, 'yes') if grid is not None else None))
-        except (ValueError, KeyError, TypeError) as e: warnings.warn(f'{run}: left out of the results table, its record cannot be read ({type(e).__name__}: {e})')
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e: warnings.warn(f'{run}: left out of the results table, its record cannot be read ({type(e).__name__}: {e})')
     return pd.DataFrame(rows)
 
 def _results_row(run: Path, grid_run: str | None) -> dict:
@@ -401,7 +419,26 @@ def paired_comparison(results_dir, a: str = 'pgd_at', b: str = 'adv_dpnp', level
                          f'only {b} right': d['b_only'], f'only {a} right': d['a_only'], 'n': d['n']})
     return pd.DataFrame(rows)
 
-SUPERSEDED = 'superseded'   # collect moves a filed folder it swaps out here, under the session's time: never deleted
+SUPERSEDED = 'superseded'   # collect moves a filed folder it swaps out here, under the session that filed it: never deleted
+FILED = 'filed.json'        # collect's record in each run folder it files: the session whose archive the folder is
+
+def _session_time(started) -> datetime.datetime | None:
+    "A session record's `started` as a time, UTC where it names no zone (None if it is not one): sessions are ordered by it and folders named after it."
+    try: t = datetime.datetime.fromisoformat(started) if isinstance(started, str) else None
+    except ValueError: return None
+    return t.replace(tzinfo=datetime.timezone.utc) if t is not None and t.tzinfo is None else t
+
+def _filed_by(here: Path) -> datetime.datetime | None:
+    "The start of the session whose archive `collect` filed as the folder `here` (its `FILED` record); None if it records none."
+    try: return _session_time(read_json(here / FILED, 'filing record').get('session')) if (here / FILED).is_file() else None
+    except ValueError: return None
+
+def _superseded_place(results: Path, name: str, filed_by: datetime.datetime | None) -> Path:
+    "Where the filed folder of run `name` moves when it is swapped out: `SUPERSEDED`/<the session that filed it>/<run> (a folder recording none: moved-<now>), a suffix .2, .3, ... where that is taken."
+    stamp = filed_by.isoformat() if filed_by else f"moved-{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
+    folder, k = results / SUPERSEDED / stamp.replace(':', ''), 1
+    while (target := folder / (name if k == 1 else f'{name}.{k}')).exists() or target.is_symlink(): k += 1
+    return target
 
 def _archive_record(tar, name: str) -> tuple:
     "(saved config, evaluation request or None) of the archive of run `name`: `PACKED` regular files under `name`/, the config and metrics at least, each a JSON object; ValueError if it is not that."
@@ -425,9 +462,9 @@ def _archive_record(tar, name: str) -> tuple:
     return saved, request
 
 def _same_files(tar, name: str, here: Path) -> bool:
-    "Whether the folder `here` holds exactly the files of run `name`'s archive, byte for byte (the same archive collected again)."
+    "Whether the folder `here` holds every file of run `name`'s archive, byte for byte (the same training collected again; a file beside them, such as `FILED`, is left alone)."
     packed = {m.name.removeprefix(f'{name}/'): m for m in tar.getmembers() if m.isreg()}
-    if here.is_symlink() or not here.is_dir() or sorted(p.name for p in here.iterdir()) != sorted(packed): return False
+    if here.is_symlink() or not here.is_dir(): return False
     return all((here / f).is_file() and not (here / f).is_symlink() and (here / f).read_bytes() == tar.extractfile(m).read()
                for f, m in packed.items())
 
@@ -449,21 +486,28 @@ def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid
         return 'refused', f'{why}; the filed run is kept'
     return 'clash', why
 
-def _file_archive(tar, name: str, results: Path, grid, superseded: Path, replace: bool = False) -> tuple:
-    "File run `name`'s archive under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one): ('filed' | 'replaced' | 'kept' | 'refused', why) by `_filing_clash`. A filed folder that is swapped out moves to `superseded`/<run>, never deleted: another training of the same configuration always, another configuration only with `replace`; the same files collected again change nothing."
+def _file_archive(tar, name: str, results: Path, grid, session: dict, replace: bool = False) -> tuple:
+    "File run `name`'s archive from the device `session` under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one) with its `FILED` record: ('filed' | 'replaced' | 'kept' | 'refused', why) by `_filing_clash`. A filed folder that is swapped out moves to `_superseded_place`, never deleted: another training of the same configuration if it is not a later session's (that one stays, the archive is `kept` out), another configuration only with `replace`; the same files collected again change nothing."
     saved, request = _archive_record(tar, name)
-    here, move_to = results / name, None
+    if name not in trained_runs(session):
+        return 'refused', f"the session.json beside it records no training of {name}: an earlier session's archive? collect it with that session's record"
+    here, move_to, started = results / name, None, _session_time(session['started'])
     if here.exists() or here.is_symlink():
         if _same_files(tar, name, here): return 'filed', None
         outcome, why = _filing_clash(here, name, saved, request, grid)
         if outcome in ('kept', 'refused'): return outcome, why
+        filed_by = _filed_by(here)
+        if outcome is None and filed_by is not None and filed_by > started:
+            return 'kept', f'{here} holds the training of a later session ({filed_by.isoformat()}) of the same configuration; this archive is of {session["started"]}'
         if outcome == 'clash' and not replace:
-            return 'refused', f"{why}; collect it with --replace to move that folder to {superseded}/ (or move it away yourself)"
-        why, move_to = why or f'{here} held another training of the same configuration', superseded / name
-        if move_to.exists() or move_to.is_symlink(): return 'refused', f'{why}; it cannot be moved: {move_to} exists already'
+            return 'refused', f"{why}; collect it with --replace to move that folder to {results / SUPERSEDED}/ (or move it away yourself)"
+        why = why or f'{here} held another training of the same configuration' + (f' (of {filed_by.isoformat()})' if filed_by else '')
+        move_to = _superseded_place(results, name, filed_by)
     unpacked = Path(tempfile.mkdtemp(prefix='.collect-', dir=results))   # on the same disk: the folder is swapped in whole
     try:
         tar.extractall(unpacked, filter='data')                     # members are <run>/<file>, regular files only
+        write_json(unpacked / name / FILED, {'session': session['started'], 'archive': f'{name}.tar.gz', 'collected':
+                                             datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')})
         if move_to is not None:                                     # moved only once the new folder is complete
             move_to.parent.mkdir(parents=True, exist_ok=True)
             here.rename(move_to)
@@ -493,21 +537,30 @@ def claims_table(results_dir, grid, draws: int = 2000) -> dict:
     return {'table': table, 'margin': margin, 'rule': margin_note(margin), 'planned': planned,
             'missing': [r for r in planned if r not in filed], 'excluded': excluded}
 
+def session_record(source) -> dict:
+    "The record `source`/session.json of a device session; ValueError naming it if it lacks the card, scale or start time `collect` files it by."
+    path = Path(source) / 'session.json'
+    session = read_json(path, 'device session record')
+    card = session.get('card')
+    if not (isinstance(card, dict) and re.fullmatch(r'[a-z0-9][a-z0-9-]*', str(card.get('slug'))) and session.get('scale') in SESSION_SCALES
+            and _session_time(session.get('started'))):
+        raise ValueError(f"{path} is not a device session's record (its card slug, scale in {SESSION_SCALES} and start time): give the folder a session returned")
+    return session
+
 def collect(source, figures='paper_figures', replace: bool = False) -> dict:
-    "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; a filed folder swapped out moves to `superseded/<session>/`, one of another configuration only with `replace`), benchmark, session record, results table, paired comparison, claim 1; the archives filed in place of a folder (`replaced`), `kept` out and `refused`, with why."
+    "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; a filed folder swapped out moves to `superseded/<the session that filed it>/`, one of another configuration only with `replace`), benchmark, session record, results table, paired comparison, claim 1; the archives filed in place of a folder (`replaced`), `kept` out and `refused`, with why."
     source, figures = Path(source), Path(figures)
-    session = read_json(source / 'session.json', 'device session record')
+    session = session_record(source)
     card = session['card']
     results = figures / session['scale'] / card['slug']
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
     # the grid the session ran, on the CIFAR-10 copy it used (a record without it: the copy this machine would use)
     grid = build_grid(session['scale'], results, cifar=session.get('cifar'))       # names and configurations only
-    superseded = results / SUPERSEDED / session['started'].replace(':', '')
     outcome = {'replaced': {}, 'kept': {}, 'refused': {}}
     for archive in sorted(source.glob('*.tar.gz')):
         try:   # decompressed whole first: a damaged archive fails its gzip check here, before anything is unpacked
             with tarfile.open(fileobj=io.BytesIO(gzip.decompress(archive.read_bytes()))) as t:
-                done, why = _file_archive(t, archive.name.removesuffix('.tar.gz'), results, grid, superseded, replace)
+                done, why = _file_archive(t, archive.name.removesuffix('.tar.gz'), results, grid, session, replace)
         except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as e:   # damaged, or cut short: the others are still filed
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
@@ -557,7 +610,7 @@ def main(argv=None) -> int:
     run = sub.add_parser('run', help='a device session: benchmark, then the runs that fit the budget')
     run.add_argument('--out', required=True, help='folder for the files that come back (created)')
     run.add_argument('--budget', type=float, required=True, help='seconds this command may use (leave the machine start and a margin out)')
-    run.add_argument('--scale', default='gpu', choices=('gpu', 'micro'), help='the grid scale (micro: a CPU test of the session)')
+    run.add_argument('--scale', default='gpu', choices=SESSION_SCALES, help='the grid scale (micro: a CPU test of the session)')
     run.add_argument('--data_dir', default='data'); run.add_argument('--cifar_dir', default='data/cifar10-jpeg')
     run.add_argument('--cifar_tar', default=None, help='the CIFAR-10 JPEG tarball, unpacked beside cifar_dir when that is missing')
     run.add_argument('--runs_dir', default='runs/device-session'); run.add_argument('--figures', default='paper_figures')
@@ -566,16 +619,19 @@ def main(argv=None) -> int:
     run.add_argument('--max_runs', type=int, default=None)
     col = sub.add_parser('collect', help="file a session's returned files under paper_figures/")
     col.add_argument('source', help='the folder holding session.json and the archives'); col.add_argument('--figures', default='paper_figures')
-    col.add_argument('--replace', action='store_true', help=f'move a filed run folder of another configuration to {SUPERSEDED}/<session>/ and file the new run')
+    col.add_argument('--replace', action='store_true', help=f'move a filed run folder of another configuration to {SUPERSEDED}/<the session that filed it>/ and file the new run')
     args = parser.parse_args(argv)
     if args.command == 'collect':
         if not (Path(args.source) / 'session.json').is_file():
             parser.error(f'{Path(args.source) / "session.json"} does not exist: give the folder a device session returned (its session.json and archives)')
+        try: session_record(args.source)
+        except ValueError as e: parser.error(str(e))
         filed = collect(args.source, args.figures, args.replace)
         print(json.dumps(filed, indent=1))
         if filed['refused']: print(f"{len(filed['refused'])} archive(s) not filed (said above); the others are filed", file=sys.stderr)
         return 1 if filed['refused'] else 0
     if args.budget <= 0: parser.error(f'--budget {args.budget}: must be a positive number of seconds')
+    if stale := earlier_session_files(args.out): parser.error(f'--out {stale}')
     session = device_session(args.out, args.budget, args.scale, args.data_dir, args.cifar_dir, args.cifar_tar, args.runs_dir,
                              args.figures, args.device, not args.no_benchmark, args.compile_mode, args.max_runs)
     print(pd.DataFrame(session['runs']).to_string(index=False))

@@ -69,3 +69,21 @@ def test_device_session_collect_of_a_folder_without_a_session(tmp_path, root):
                        capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
     assert p.returncode == 2 and 'typo/session.json does not exist' in p.stderr and 'Traceback' not in p.stderr
     assert not (tmp_path / 'figures').exists()                             # refused before anything is written
+
+
+def test_device_session_refuses_an_earlier_sessions_folder(tmp_path, root):
+    (tmp_path / 'out').mkdir(); (tmp_path / 'out' / 'session.json').write_text('{"an": "earlier session"}')
+    p = subprocess.run([sys.executable, '-m', 'advdpnp.device_session', 'run', '--out', 'out', '--budget', '60'], cwd=tmp_path,
+                       capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
+    assert p.returncode == 2 and "out holds an earlier session's files (session.json)" in p.stderr and 'Traceback' not in p.stderr
+    assert (tmp_path / 'out' / 'session.json').read_text() == '{"an": "earlier session"}'   # nothing written over
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['out']                          # refused before anything is written
+
+
+def test_device_session_collect_of_a_record_that_is_not_a_sessions(tmp_path, root):
+    (tmp_path / 'back').mkdir()
+    (tmp_path / 'back' / 'session.json').write_text(json.dumps({'card': {'slug': '../x'}, 'scale': 'gpu', 'started': '2026-12-03T10:00:00+00:00'}))
+    p = subprocess.run([sys.executable, '-m', 'advdpnp.device_session', 'collect', 'back', '--figures', 'figures'], cwd=tmp_path,
+                       capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
+    assert p.returncode == 2 and "back/session.json is not a device session's record" in p.stderr and 'Traceback' not in p.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['back']                         # nothing filed anywhere
