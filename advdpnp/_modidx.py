@@ -296,6 +296,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'advdpnp/device_session.py'),
                                         'advdpnp.device_session.filed_folders': ('device.html#filed_folders', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.filed_record': ('device.html#filed_record', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session.filing_place': ('device.html#filing_place', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session.folder_differences': ( 'device.html#folder_differences',
                                                                                        'advdpnp/device_session.py'),
                                         'advdpnp.device_session.grid_filed': ('device.html#grid_filed', 'advdpnp/device_session.py'),

@@ -32,7 +32,7 @@ from .data import batch_indices, load_test_split
 from .evaluate import ATTACK_COLUMNS, EVAL_STEPS, accuracy_columns, evaluate_run
 from .files import read_json, write_json
 from .models import build_model
-from .grid import build_grid, run_config
+from .grid import CIFAR10_LABELS, build_grid, run_config
 from .runs import RunFolder, evaluation_request
 from .stats import paired_difference, standard_error
 from .train import prepare_model, resolve_device, train, training_precision
@@ -45,7 +45,7 @@ __all__ = ['PRIORITY', 'BENCH_METHODS', 'SESSION_SCALES', 'AUTOATTACK_PASSES', '
            'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
            'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
            'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'grid_filed',
-           'results_table', 'paired_comparison', 'claims_table', 'session_record', 'collect', 'main']
+           'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place', 'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -189,10 +189,12 @@ def filed_folders(results_dir) -> list:
     return sorted(p for p in d.iterdir() if (p / EVALUATION).exists()) if d.is_dir() else []
 
 def filed_record(folder) -> tuple:
-    "(saved config, the request its evaluation was made for, or None if it holds none) of a filed run folder; ValueError naming the file if one is missing, damaged or not a JSON object."
+    "(saved config, the request its evaluation was made for, or None if it holds none) of a filed run folder; ValueError naming the file if its config or metrics are missing, or one of its records is damaged or not a JSON object."
     folder = Path(folder)
-    config, evaluation = folder / RunFolder.CONFIG, folder / EVALUATION
-    if not config.is_file(): raise ValueError(f'{config} is missing')
+    config, metrics, evaluation = folder / RunFolder.CONFIG, folder / RunFolder.METRICS, folder / EVALUATION
+    for f in (config, metrics):
+        if not f.is_file(): raise ValueError(f'{f} is missing')
+    read_json(metrics, 'metrics')                                  # read only to check it: a run's record is whole or damaged
     request = read_json(evaluation, 'evaluation').get('request') if evaluation.exists() else None
     if request is not None and not isinstance(request, dict): raise ValueError(f'{evaluation} records a request that is not a JSON object')
     return read_json(config, 'config'), request
@@ -290,7 +292,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     committed, bench_file = committed_runs(results, grid), Path(figures) / 'benchmark' / bench_dir / 'benchmark.json'
     superseded = sorted((committed_runs(results) & set(grid.runs)) - committed)   # committed under a run's name, of another recipe
     session = {'card': card, 'scale': scale, 'grid': grid.description, 'budget_s': budget_s,
-               'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), 'runs': [],
+               'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='microseconds'), 'runs': [],
                'superseded': superseded, 'cifar': grid.cifar}
     save = lambda: write_json(out / 'session.json', {**session, 'elapsed_s': round(time.monotonic() - t0, 1)})
     print(f"device session on {card['card']} (torch {card['torch']}), budget {budget_s:.0f} s; {grid.description}", flush=True)
@@ -469,7 +471,7 @@ def _same_files(tar, name: str, here: Path) -> bool:
                for f, m in packed.items())
 
 def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid) -> tuple:
-    "(outcome, why) of filing run `name` (`saved` config, evaluation `request`) over the folder `here`: (None, None) to swap it in (another training of the same configuration), ('kept', why) to leave the filed run, ('refused', why) never, ('clash', why) only by moving the filed folder away."
+    "(outcome, why) of filing run `name` (`saved` config, evaluation `request`) over the folder `here`: (None, None) for another training of the same configuration (the later session's stands, `_file_archive`), ('evaluates', why) to swap it in whatever the order (an evaluated run over a training-only one of the same configuration), ('kept', why) to leave the filed run (a training-only archive over an evaluated one), ('refused', why) never, ('clash', why) only by moving the filed folder away."
     if here.is_symlink(): return 'clash', f'{here} is a link, not a run folder'
     try: old, old_request = filed_record(here) if (here / RunFolder.CONFIG).is_file() else (None, None)
     except ValueError as e: return 'clash', f'{here} holds a damaged record ({e})'
@@ -478,7 +480,8 @@ def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid
     if filed_differences(old, grid, name) == filed_differences(saved, grid, name):        # the same training configuration
         if request is None and old_request is not None:
             return 'kept', f'a training-only archive: {here} keeps its evaluated run of the same configuration'
-        if request is None or old_request is None or request == old_request: return None, None
+        if request is not None and old_request is None: return 'evaluates', f'{here} held a training-only run of the same configuration'
+        if request == old_request: return None, None
     filed_diff, new_diff = filed_differences(old, grid, name, old_request), filed_differences(saved, grid, name, request)
     why = (f"{here} holds another configuration of {name} than this archive; against the grid's (field: (run's, the grid's)) "
            f"the filed run differs in {filed_diff or 'nothing'}, the archive in {new_diff or 'nothing'}")
@@ -487,7 +490,7 @@ def _filing_clash(here: Path, name: str, saved: dict, request: dict | None, grid
     return 'clash', why
 
 def _file_archive(tar, name: str, results: Path, grid, session: dict, replace: bool = False) -> tuple:
-    "File run `name`'s archive from the device `session` under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one) with its `FILED` record: ('filed' | 'replaced' | 'kept' | 'refused', why) by `_filing_clash`. A filed folder that is swapped out moves to `_superseded_place`, never deleted: another training of the same configuration if it is not a later session's (that one stays, the archive is `kept` out), another configuration only with `replace`; the same files collected again change nothing."
+    "File run `name`'s archive from the device `session` under `results`, its folder swapped in whole once unpacked (no file of an earlier training is left beside a later one) with its `FILED` record: ('filed' | 'replaced' | 'kept' | 'refused', why) by `_filing_clash`. A filed folder that is swapped out moves to `_superseded_place`, never deleted: an evaluated run replaces a training-only one of the same configuration; otherwise another training of the same configuration replaces one that an earlier session filed (one that a later session filed stays, the archive is `kept` out; one whose session is not known is a clash), another configuration only with `replace`; the same files collected again change nothing. The outcome does not depend on the order of the collects."
     saved, request = _archive_record(tar, name)
     if name not in trained_runs(session):
         return 'refused', f"the session.json beside it records no training of {name}: an earlier session's archive? collect it with that session's record"
@@ -497,11 +500,14 @@ def _file_archive(tar, name: str, results: Path, grid, session: dict, replace: b
         outcome, why = _filing_clash(here, name, saved, request, grid)
         if outcome in ('kept', 'refused'): return outcome, why
         filed_by = _filed_by(here)
-        if outcome is None and filed_by is not None and filed_by > started:
-            return 'kept', f'{here} holds the training of a later session ({filed_by.isoformat()}) of the same configuration; this archive is of {session["started"]}'
+        if outcome is None:                       # another training of the same configuration: the later session's stands
+            if filed_by is None: outcome, why = 'clash', f'{here} does not record the session that filed it ({FILED}): which training is the later is not known'
+            elif filed_by == started: outcome, why = 'clash', f'{here} is not the archive of the session that filed it (changed since?)'
+            elif filed_by > started:
+                return 'kept', f'{here} holds the training of a later session ({filed_by.isoformat()}) of the same configuration; this archive is of {session["started"]}'
+            else: why = f'{here} held the training of an earlier session ({filed_by.isoformat()}) of the same configuration'
         if outcome == 'clash' and not replace:
             return 'refused', f"{why}; collect it with --replace to move that folder to {results / SUPERSEDED}/ (or move it away yourself)"
-        why = why or f'{here} held another training of the same configuration' + (f' (of {filed_by.isoformat()})' if filed_by else '')
         move_to = _superseded_place(results, name, filed_by)
     unpacked = Path(tempfile.mkdtemp(prefix='.collect-', dir=results))   # on the same disk: the folder is swapped in whole
     try:
@@ -538,24 +544,35 @@ def claims_table(results_dir, grid, draws: int = 2000) -> dict:
             'missing': [r for r in planned if r not in filed], 'excluded': excluded}
 
 def session_record(source) -> dict:
-    "The record `source`/session.json of a device session; ValueError naming it if it lacks the card, scale or start time `collect` files it by."
+    "The record `source`/session.json of a device session; ValueError naming it if it lacks what `collect` reads: the card (its slug, name, torch), the scale, the start time, the grid's description, the CIFAR-10 copy and the list of runs."
     path = Path(source) / 'session.json'
     session = read_json(path, 'device session record')
-    card = session.get('card')
-    if not (isinstance(card, dict) and re.fullmatch(r'[a-z0-9][a-z0-9-]*', str(card.get('slug'))) and session.get('scale') in SESSION_SCALES
-            and _session_time(session.get('started'))):
-        raise ValueError(f"{path} is not a device session's record (its card slug, scale in {SESSION_SCALES} and start time): give the folder a session returned")
+    card, runs = session.get('card'), session.get('runs')
+    whole = (isinstance(card, dict) and re.fullmatch(r'[a-z0-9][a-z0-9-]*', str(card.get('slug'))) and all(isinstance(card.get(k), str) for k in ('card', 'torch'))
+             and session.get('scale') in SESSION_SCALES and _session_time(session.get('started')) and isinstance(session.get('grid'), str)
+             and session.get('cifar', None) in (None, *CIFAR10_LABELS)
+             and isinstance(runs, list) and all(isinstance(r, dict) and isinstance(r.get('run'), str) for r in runs))
+    if not whole: raise ValueError(f"{path} is not a device session's record (its card slug, name and torch, scale in {SESSION_SCALES}, start time, "
+                                   f"grid, CIFAR-10 copy in {[None, *CIFAR10_LABELS]} and runs): give the folder a session returned")
     return session
+
+def filing_place(source, figures) -> tuple:
+    "(the session record, its results folder, where its record is filed) for `collect` of `source` under `figures`; ValueError, before anything is written, for a record that is not a session's (`session_record`) or whose name another session's record holds already."
+    session = session_record(source)
+    results = Path(figures) / session['scale'] / session['card']['slug']
+    record = results / 'sessions' / f"{session['started'].replace(':', '')}.json"
+    if record.exists() and record.read_bytes() != (Path(source) / 'session.json').read_bytes():
+        raise ValueError(f"{record} is another session's record of the same start time ({session['started']}) than {Path(source) / 'session.json'}: nothing filed")
+    return session, results, record
 
 def collect(source, figures='paper_figures', replace: bool = False) -> dict:
     "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; a filed folder swapped out moves to `superseded/<the session that filed it>/`, one of another configuration only with `replace`), benchmark, session record, results table, paired comparison, claim 1; the archives filed in place of a folder (`replaced`), `kept` out and `refused`, with why."
     source, figures = Path(source), Path(figures)
-    session = session_record(source)
+    session, results, record = filing_place(source, figures)
     card = session['card']
-    results = figures / session['scale'] / card['slug']
-    (results / 'sessions').mkdir(parents=True, exist_ok=True)
     # the grid the session ran, on the CIFAR-10 copy it used (a record without it: the copy this machine would use)
     grid = build_grid(session['scale'], results, cifar=session.get('cifar'))       # names and configurations only
+    (results / 'sessions').mkdir(parents=True, exist_ok=True)
     outcome = {'replaced': {}, 'kept': {}, 'refused': {}}
     for archive in sorted(source.glob('*.tar.gz')):
         try:   # decompressed whole first: a damaged archive fails its gzip check here, before anything is unpacked
@@ -565,7 +582,7 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
         if done == 'refused': warnings.warn(f'{archive}: not filed: {why}')
-    shutil.copyfile(source / 'session.json', results / 'sessions' / f"{session['started'].replace(':', '')}.json")
+    shutil.copyfile(source / 'session.json', record)
     filed = {'results': str(results)}
     if (source / 'benchmark.json').exists():
         bench = read_json(source / 'benchmark.json', 'benchmark')
@@ -624,7 +641,7 @@ def main(argv=None) -> int:
     if args.command == 'collect':
         if not (Path(args.source) / 'session.json').is_file():
             parser.error(f'{Path(args.source) / "session.json"} does not exist: give the folder a device session returned (its session.json and archives)')
-        try: session_record(args.source)
+        try: filing_place(args.source, args.figures)
         except ValueError as e: parser.error(str(e))
         filed = collect(args.source, args.figures, args.replace)
         print(json.dumps(filed, indent=1))
