@@ -266,6 +266,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'advdpnp.device_session._results_row': ('device.html#_results_row', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._same_files': ('device.html#_same_files', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._session_time': ('device.html#_session_time', 'advdpnp/device_session.py'),
+                                        'advdpnp.device_session._stamp': ('device.html#_stamp', 'advdpnp/device_session.py'),
                                         'advdpnp.device_session._superseded_place': ( 'device.html#_superseded_place',
                                                                                       'advdpnp/device_session.py'),
                                         'advdpnp.device_session._train_or_reuse': ( 'device.html#_train_or_reuse',

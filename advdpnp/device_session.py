@@ -40,9 +40,9 @@ from .train import prepare_model, resolve_device, train, training_precision
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'SESSION_SCALES', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE',
            'AUTOATTACK_ITERATIONS', 'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'PACKED', 'COMPILE_RESERVE_S',
-           'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'card_slug', 'card_info', 'priority_runs', 'eval_iterations',
-           'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request',
-           'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
+           'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'SESSION_IDENTITY', 'card_slug', 'card_info', 'priority_runs',
+           'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark',
+           'grid_request', 'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
            'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
            'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'grid_filed',
            'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place', 'collect', 'main']
@@ -430,6 +430,10 @@ def _session_time(started) -> datetime.datetime | None:
     except ValueError: return None
     return t.replace(tzinfo=datetime.timezone.utc) if t is not None and t.tzinfo is None else t
 
+def _stamp(t: datetime.datetime) -> str:
+    "A session's start as a file name: UTC to the microsecond, without colons (one instant, one name, however it was written)."
+    return t.astimezone(datetime.timezone.utc).isoformat(timespec='microseconds').replace(':', '')
+
 def _filed_by(here: Path) -> datetime.datetime | None:
     "The start of the session whose archive `collect` filed as the folder `here` (its `FILED` record); None if it records none."
     try: return _session_time(read_json(here / FILED, 'filing record').get('session')) if (here / FILED).is_file() else None
@@ -437,8 +441,7 @@ def _filed_by(here: Path) -> datetime.datetime | None:
 
 def _superseded_place(results: Path, name: str, filed_by: datetime.datetime | None) -> Path:
     "Where the filed folder of run `name` moves when it is swapped out: `SUPERSEDED`/<the session that filed it>/<run> (a folder recording none: moved-<now>), a suffix .2, .3, ... where that is taken."
-    stamp = filed_by.isoformat() if filed_by else f"moved-{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
-    folder, k = results / SUPERSEDED / stamp.replace(':', ''), 1
+    folder, k = results / SUPERSEDED / (_stamp(filed_by) if filed_by else f'moved-{_stamp(datetime.datetime.now(datetime.timezone.utc))}'), 1
     while (target := folder / (name if k == 1 else f'{name}.{k}')).exists() or target.is_symlink(): k += 1
     return target
 
@@ -502,7 +505,7 @@ def _file_archive(tar, name: str, results: Path, grid, session: dict, replace: b
         filed_by = _filed_by(here)
         if outcome is None:                       # another training of the same configuration: the later session's stands
             if filed_by is None: outcome, why = 'clash', f'{here} does not record the session that filed it ({FILED}): which training is the later is not known'
-            elif filed_by == started: outcome, why = 'clash', f'{here} is not the archive of the session that filed it (changed since?)'
+            elif filed_by == started: outcome, why = 'clash', f'{here} differs from this archive of the session that filed it: one of the two was changed since'
             elif filed_by > started:
                 return 'kept', f'{here} holds the training of a later session ({filed_by.isoformat()}) of the same configuration; this archive is of {session["started"]}'
             else: why = f'{here} held the training of an earlier session ({filed_by.isoformat()}) of the same configuration'
@@ -556,13 +559,22 @@ def session_record(source) -> dict:
                                    f"grid, CIFAR-10 copy in {[None, *CIFAR10_LABELS]} and runs): give the folder a session returned")
     return session
 
+SESSION_IDENTITY = ('card', 'scale', 'grid', 'budget_s', 'cifar')   # with the start time: one session, however often its record was rewritten
+
 def filing_place(source, figures) -> tuple:
-    "(the session record, its results folder, where its record is filed) for `collect` of `source` under `figures`; ValueError, before anything is written, for a record that is not a session's (`session_record`) or whose name another session's record holds already."
+    "(the session record, its results folder, where its record is filed: sessions/<start>.json) for `collect` of `source` under `figures`; ValueError, before anything is written, for a record that is not a session's (`session_record`), a filed record of that start time that is damaged or another session's (`SESSION_IDENTITY`: not the same session's record rewritten as it went on), or a benchmark without its rows."
+    source = Path(source)
     session = session_record(source)
     results = Path(figures) / session['scale'] / session['card']['slug']
-    record = results / 'sessions' / f"{session['started'].replace(':', '')}.json"
-    if record.exists() and record.read_bytes() != (Path(source) / 'session.json').read_bytes():
-        raise ValueError(f"{record} is another session's record of the same start time ({session['started']}) than {Path(source) / 'session.json'}: nothing filed")
+    record = results / 'sessions' / f"{_stamp(_session_time(session['started']))}.json"
+    if record.exists():
+        filed = read_json(record, 'filed session record')          # damaged: ValueError naming it
+        if any(filed.get(k) != session.get(k) for k in SESSION_IDENTITY):
+            raise ValueError(f"{record} is the record of a different session started at the same time ({session['started']}) as {source / 'session.json'}: nothing filed")
+    if (source / 'benchmark.json').exists():
+        rows = read_json(source / 'benchmark.json', 'benchmark').get('rows')
+        if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+            raise ValueError(f"{source / 'benchmark.json'} holds no rows of step times: not a session's benchmark; nothing filed")
     return session, results, record
 
 def collect(source, figures='paper_figures', replace: bool = False) -> dict:
@@ -582,7 +594,8 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
         if done == 'refused': warnings.warn(f'{archive}: not filed: {why}')
-    shutil.copyfile(source / 'session.json', record)
+    if not record.exists() or session.get('elapsed_s', 0) >= read_json(record, 'filed session record').get('elapsed_s', 0):
+        shutil.copyfile(source / 'session.json', record)              # the same session's record: the one that went on longer
     filed = {'results': str(results)}
     if (source / 'benchmark.json').exists():
         bench = read_json(source / 'benchmark.json', 'benchmark')
