@@ -426,9 +426,11 @@ FILED = 'filed.json'        # collect's record in each run folder it files: the 
 
 def _session_time(started) -> datetime.datetime | None:
     "A session record's `started` as a time, UTC where it names no zone (None if it is not one): sessions are ordered by it and folders named after it."
-    try: t = datetime.datetime.fromisoformat(started) if isinstance(started, str) else None
-    except ValueError: return None
-    return t.replace(tzinfo=datetime.timezone.utc) if t is not None and t.tzinfo is None else t
+    try:
+        t = datetime.datetime.fromisoformat(started) if isinstance(started, str) else None
+        t = t.replace(tzinfo=datetime.timezone.utc) if t is not None and t.tzinfo is None else t
+        return t if t is None else t.astimezone(datetime.timezone.utc)     # one that has no UTC time is none either
+    except (ValueError, OverflowError): return None
 
 def _stamp(t: datetime.datetime) -> str:
     "A session's start as a file name: UTC to the microsecond, without colons (one instant, one name, however it was written)."
@@ -553,7 +555,7 @@ def session_record(source) -> dict:
     card, runs = session.get('card'), session.get('runs')
     whole = (isinstance(card, dict) and re.fullmatch(r'[a-z0-9][a-z0-9-]*', str(card.get('slug'))) and all(isinstance(card.get(k), str) for k in ('card', 'torch'))
              and session.get('scale') in SESSION_SCALES and _session_time(session.get('started')) and isinstance(session.get('grid'), str)
-             and session.get('cifar', None) in (None, *CIFAR10_LABELS)
+             and session.get('cifar', None) in (None, *CIFAR10_LABELS) and _seconds(session.get('elapsed_s', 0)) is not None
              and isinstance(runs, list) and all(isinstance(r, dict) and isinstance(r.get('run'), str) for r in runs))
     if not whole: raise ValueError(f"{path} is not a device session's record (its card slug, name and torch, scale in {SESSION_SCALES}, start time, "
                                    f"grid, CIFAR-10 copy in {[None, *CIFAR10_LABELS]} and runs): give the folder a session returned")
@@ -561,20 +563,30 @@ def session_record(source) -> dict:
 
 SESSION_IDENTITY = ('card', 'scale', 'grid', 'budget_s', 'cifar')   # with the start time: one session, however often its record was rewritten
 
+def _seconds(x) -> float | None: return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+def _progress(session: dict) -> tuple:
+    "How far a session had got when its record was written (it is rewritten after every step): (seconds elapsed, steps recorded)."
+    return _seconds(session.get('elapsed_s', 0)) or 0.0, len(session.get('runs', []))
+
 def filing_place(source, figures) -> tuple:
-    "(the session record, its results folder, where its record is filed: sessions/<start>.json) for `collect` of `source` under `figures`; ValueError, before anything is written, for a record that is not a session's (`session_record`), a filed record of that start time that is damaged or another session's (`SESSION_IDENTITY`: not the same session's record rewritten as it went on), or a benchmark without its rows."
+    "(the session record, its results folder, where its record is filed: sessions/<start>.json, or None where the same session's filed record went on as far or further) for `collect` of `source` under `figures`; ValueError, before anything is written, for a record that is not a session's (`session_record`), a filed record of that start time that is damaged or another session's (`SESSION_IDENTITY`: not the same session's record rewritten as it went on, `_progress`), or a benchmark without its rows."
     source = Path(source)
     session = session_record(source)
     results = Path(figures) / session['scale'] / session['card']['slug']
     record = results / 'sessions' / f"{_stamp(_session_time(session['started']))}.json"
-    if record.exists():
-        filed = read_json(record, 'filed session record')          # damaged: ValueError naming it
+    if record.exists() or record.is_symlink():
+        try: filed = read_json(record, 'filed session record')
+        except (OSError, ValueError) as e: raise ValueError(f'{record} cannot be read ({e}): move it away to file this session') from None
+        if _seconds(filed.get('elapsed_s', 0)) is None: raise ValueError(f'{record} is damaged (its elapsed_s is not a number): move it away to file this session')
         if any(filed.get(k) != session.get(k) for k in SESSION_IDENTITY):
             raise ValueError(f"{record} is the record of a different session started at the same time ({session['started']}) as {source / 'session.json'}: nothing filed")
-    if (source / 'benchmark.json').exists():
-        rows = read_json(source / 'benchmark.json', 'benchmark').get('rows')
+        if _progress(filed) >= _progress(session): record = None        # the filed one went on as far: kept
+    bench = source / 'benchmark.json'
+    if bench.exists() or bench.is_symlink():
+        rows = read_json(bench, 'benchmark').get('rows') if bench.is_file() else None
         if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
-            raise ValueError(f"{source / 'benchmark.json'} holds no rows of step times: not a session's benchmark; nothing filed")
+            raise ValueError(f"{bench} holds no rows of step times: not a session's benchmark; nothing filed")
     return session, results, record
 
 def collect(source, figures='paper_figures', replace: bool = False) -> dict:
@@ -594,8 +606,7 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
             done, why = 'refused', f'cannot be read ({type(e).__name__}: {e}); its run is redone by a later session'
         if why: outcome[done][archive.name] = why
         if done == 'refused': warnings.warn(f'{archive}: not filed: {why}')
-    if not record.exists() or session.get('elapsed_s', 0) >= read_json(record, 'filed session record').get('elapsed_s', 0):
-        shutil.copyfile(source / 'session.json', record)              # the same session's record: the one that went on longer
+    if record is not None: shutil.copyfile(source / 'session.json', record)   # the same session's record: the one that went on further
     filed = {'results': str(results)}
     if (source / 'benchmark.json').exists():
         bench = read_json(source / 'benchmark.json', 'benchmark')
