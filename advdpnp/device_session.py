@@ -575,7 +575,9 @@ def filing_place(source, figures) -> tuple:
     session = session_record(source)
     results = Path(figures) / session['scale'] / session['card']['slug']
     record = results / 'sessions' / f"{_stamp(_session_time(session['started']))}.json"
-    if record.exists() or record.is_symlink():
+    if links := [str(p) for p in (results, record.parent, results / SUPERSEDED, record) if p.is_symlink()]:   # links are not followed
+        raise ValueError(f"{', '.join(links)}: a link where collect files (it would write through it): nothing filed")
+    if record.exists():
         try: filed = read_json(record, 'filed session record')
         except (OSError, ValueError) as e: raise ValueError(f'{record} cannot be read ({e}): move it away to file this session') from None
         if _seconds(filed.get('elapsed_s', 0)) is None: raise ValueError(f'{record} is damaged (its elapsed_s is not a number): move it away to file this session')
