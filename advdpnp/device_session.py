@@ -43,9 +43,10 @@ __all__ = ['PRIORITY', 'BENCH_METHODS', 'SESSION_SCALES', 'AUTOATTACK_PASSES', '
            'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'SESSION_IDENTITY', 'card_slug', 'card_info', 'priority_runs',
            'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark',
            'grid_request', 'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
-           'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
-           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'grid_filed',
-           'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place', 'collect', 'main']
+           'cifar_problem', 'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds',
+           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
+           'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place',
+           'collect', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -211,12 +212,21 @@ def committed_runs(results_dir, grid=None) -> set:
         except ValueError: return False            # a damaged record: not committed, so a session redoes the run
     return {p.name for p in filed_folders(results_dir) if (p / RunFolder.METRICS).exists() and (grid is None or matches(p))}
 
+def _has_copy(cifar_dir) -> bool: return all((Path(cifar_dir) / split).is_dir() for split in ('train', 'test'))
+
+def cifar_problem(data_dir, cifar_dir, tar) -> str | None:
+    "Why a session would find no CIFAR-10 (no official files under `data_dir`, no JPEG copy in `cifar_dir` and no tarball `tar` to unpack one from), or None: checked before anything is written."
+    if (Path(data_dir) / 'cifar-10-batches-py').is_dir() or _has_copy(cifar_dir): return None
+    where = f'neither {Path(data_dir) / "cifar-10-batches-py"} nor {cifar_dir}/train and test/ exist'
+    if tar is None: return f'no CIFAR-10 here ({where}): give --cifar_tar, the JPEG tarball (`make gpu-carry` copies it to carry/cifar10-jpeg.tar.gz)'
+    if not Path(tar).is_file(): return f'--cifar_tar {tar} is not a file, and {where}: give the JPEG tarball (`make gpu-carry` copies it to carry/cifar10-jpeg.tar.gz)'
+
 def _unpack_cifar(tar, cifar_dir) -> None:
     "Unpack the CIFAR-10 JPEG tarball beside `cifar_dir` when `cifar_dir` is missing (a fresh device machine)."
     cifar_dir = Path(cifar_dir)
-    if tar is None or (cifar_dir / 'train').is_dir(): return
+    if tar is None or _has_copy(cifar_dir): return
     with tarfile.open(tar) as t: t.extractall(cifar_dir.parent, filter='data')
-    if not (cifar_dir / 'train').is_dir(): raise FileNotFoundError(f'{tar} did not unpack into {cifar_dir}/train')
+    if not _has_copy(cifar_dir): raise FileNotFoundError(f'{tar} did not unpack into {cifar_dir}/train and test/')
 
 MAX_ARCHIVES = 6   # a device command returns at most 8 files: session.json, benchmark.json and six run archives
 
@@ -272,15 +282,16 @@ def step_estimate(bench: dict | None, cfg, mode: str, device) -> float:
     return scaled_step(bench, cfg.method, mode, eager)
 
 def _train_or_reuse(cfg, folder: RunFolder, progress: bool) -> dict:
-    "The metrics of the run in `folder`: trained now (or resumed), or read back if it finished already (an evaluation retried)."
-    return folder.metrics() if folder.finished else train(cfg, progress=progress).metrics
+    "The metrics of the run in `folder`: trained now (or resumed; afresh with `cfg.overwrite`), or read back if it finished already (an evaluation retried)."
+    return folder.metrics() if folder.finished and not cfg.overwrite else train(cfg, progress=progress).metrics
 
 def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', cifar_dir='data/cifar10-jpeg', cifar_tar=None,
                    runs_dir='runs/device-session', figures='paper_figures', device: str = 'auto', benchmark: bool = True,
                    compile_mode: str = 'reduce-overhead', max_runs: int | None = None, progress: bool = False) -> dict:
-    "A device session within `budget_s` seconds: card, benchmark, then the runs of `scale` in `PRIORITY` order that are not committed and fit; every finished run packed into `out` at once; a run that fails is recorded and the session goes on (a compiled one is retried eagerly)."
+    "A device session within `budget_s` seconds: card, benchmark, then the runs of `scale` in `PRIORITY` order that are not committed and fit; every finished run packed into `out` at once; a run that fails is recorded and the session goes on (a compiled one is retried eagerly, from the start)."
     t0, out = time.monotonic(), Path(out)
     if stale := earlier_session_files(out): raise FileExistsError(stale)
+    if missing := cifar_problem(data_dir, cifar_dir, cifar_tar): raise FileNotFoundError(missing)
     left = lambda: budget_s - (time.monotonic() - t0)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -315,7 +326,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
             session['runs'].append({'run': name, 'done': f'skipped: max_runs={max_runs}'}); continue
         if len(list(out.glob('*.tar.gz'))) >= MAX_ARCHIVES and not (out / f'{name}.tar.gz').exists():
             session['runs'].append({'run': name, 'done': f'skipped: {MAX_ARCHIVES} archives in the output (at most 8 files come back)'}); continue
-        cfg = dataclasses.replace(run_config(run), compile_mode=mode)
+        cfg = dataclasses.replace(run_config(run), compile_mode=mode, overwrite=name in retried)   # a retry starts afresh: nothing of the failed path is kept
         e, request = run.evaluate, grid_request(grid, name)
         step_s = step_estimate(bench, cfg, mode, device)
         n_train = training_size(split_sizes(cfg)[0], cfg)
@@ -344,7 +355,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
             session['runs'].append({'run': name, 'done': f'failed in {stage} ({type(err).__name__}: {err})'[:600], 'compile_mode': mode,
                                     'traceback': traceback.format_exc()[-4000:]})
             print(f"{name}: FAILED in {stage} with compile_mode {mode}: {type(err).__name__}: {err}"
-                  + ('; retrying it eagerly, and every later run eager' if again else ''), flush=True)
+                  + ('; retrying it eagerly from the start, and every later run eager' if again else ''), flush=True)
             if again: mode, session['compile_mode'] = 'off', f'off (compile_mode {mode} failed in {name})'; retried.add(name); queue.insert(0, name)
             save(); continue
         done += 1
@@ -675,6 +686,7 @@ def main(argv=None) -> int:
         return 1 if filed['refused'] else 0
     if args.budget <= 0: parser.error(f'--budget {args.budget}: must be a positive number of seconds')
     if stale := earlier_session_files(args.out): parser.error(f'--out {stale}')
+    if missing := cifar_problem(args.data_dir, args.cifar_dir, args.cifar_tar): parser.error(missing)
     session = device_session(args.out, args.budget, args.scale, args.data_dir, args.cifar_dir, args.cifar_tar, args.runs_dir,
                              args.figures, args.device, not args.no_benchmark, args.compile_mode, args.max_runs)
     print(pd.DataFrame(session['runs']).to_string(index=False))

@@ -229,12 +229,12 @@ def _resume_config(self: RunFolder):
     return None
 
 @patch
-def resume_state(self: RunFolder, cfg: RunConfig, device='cpu'):
-    "(state, rotate) of the newest usable resume checkpoint ((None, True) if none); rotate is False after a fallback."
+def resume_state(self: RunFolder, cfg: RunConfig):
+    "(state, rotate) of the newest usable resume checkpoint, read onto the CPU ((None, True) if none); rotate is False after a fallback."
     errors = []
     for name in (self.RESUME, self.RESUME_PREV):
         if not self.file(name).exists(): continue
-        try: state = load_checkpoint(self.file(name), device)
+        try: state = load_checkpoint(self.file(name))   # onto the CPU: its RNG states must be CPU tensors (a GPU run's too)
         except CheckpointError as e:
             errors.append(str(e)); warnings.warn(f'{e}; trying the previous checkpoint'); continue
         diff = config_differences(state.get('config', {}), cfg)

@@ -410,7 +410,7 @@ def _train(cfg: RunConfig, folder: RunFolder, dist, progress: bool) -> TrainResu
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     rows, start, elapsed, rotate = [], 0, 0.0, True
     if mode == 'resume':
-        state, rotate = folder.resume_state(cfg, device)
+        state, rotate = folder.resume_state(cfg)   # read onto the CPU; load_state_dict moves it onto the device
         if state is not None:
             model.load_state_dict(state['model']); optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler']); set_rng_state(state['rng'], generator)

@@ -87,3 +87,15 @@ def test_device_session_collect_of_a_record_that_is_not_a_sessions(tmp_path, roo
                        capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
     assert p.returncode == 2 and "back/session.json is not a device session's record" in p.stderr and 'Traceback' not in p.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ['back']                         # nothing filed anywhere
+
+
+def test_device_session_refuses_a_machine_without_cifar(tmp_path, root):
+    p = subprocess.run([sys.executable, '-m', 'advdpnp.device_session', 'run', '--out', 'out', '--budget', '60',
+                        '--cifar_tar', 'carry/typo.tar.gz'], cwd=tmp_path,
+                       capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
+    assert p.returncode == 2 and '--cifar_tar carry/typo.tar.gz is not a file' in p.stderr and 'Traceback' not in p.stderr
+    assert list(tmp_path.iterdir()) == []                                  # refused before anything is written
+    from advdpnp.device_session import device_session
+    with pytest.raises(FileNotFoundError, match='no CIFAR-10 here'):          # the function refuses as the command does
+        device_session(tmp_path / 'out', 60, data_dir=tmp_path / 'data', cifar_dir=tmp_path / 'data' / 'copy')
+    assert list(tmp_path.iterdir()) == []
