@@ -292,9 +292,9 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     t0, out = time.monotonic(), Path(out)
     if stale := earlier_session_files(out): raise FileExistsError(stale)
     if missing := cifar_problem(data_dir, cifar_dir, cifar_tar): raise FileNotFoundError(missing)
+    device = resolve_device(device)                        # a device that is not here: refused before anything is written
     left = lambda: budget_s - (time.monotonic() - t0)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
     _unpack_cifar(cifar_tar, cifar_dir)
     grid = build_grid(scale, runs_dir, data_dir, cifar_dir, device=str(device))
     card = card_info(device)
@@ -687,6 +687,8 @@ def main(argv=None) -> int:
     if args.budget <= 0: parser.error(f'--budget {args.budget}: must be a positive number of seconds')
     if stale := earlier_session_files(args.out): parser.error(f'--out {stale}')
     if missing := cifar_problem(args.data_dir, args.cifar_dir, args.cifar_tar): parser.error(missing)
+    try: resolve_device(args.device)
+    except RuntimeError as e: parser.error(f'--device {args.device}: {e}')
     session = device_session(args.out, args.budget, args.scale, args.data_dir, args.cifar_dir, args.cifar_tar, args.runs_dir,
                              args.figures, args.device, not args.no_benchmark, args.compile_mode, args.max_runs)
     print(pd.DataFrame(session['runs']).to_string(index=False))

@@ -99,3 +99,15 @@ def test_device_session_refuses_a_machine_without_cifar(tmp_path, root):
     with pytest.raises(FileNotFoundError, match='no CIFAR-10 here'):          # the function refuses as the command does
         device_session(tmp_path / 'out', 60, data_dir=tmp_path / 'data', cifar_dir=tmp_path / 'data' / 'copy')
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('device', ['gpu', 'cuda:0'])
+def test_device_session_refuses_a_device_that_is_not_here(tmp_path, root, device):
+    import torch
+    if device == 'cuda:0' and torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    (tmp_path / 'copy' / 'train').mkdir(parents=True); (tmp_path / 'copy' / 'test').mkdir()   # data present: only the device is wrong
+    p = subprocess.run([sys.executable, '-m', 'advdpnp.device_session', 'run', '--out', 'out', '--budget', '60',
+                        '--cifar_dir', 'copy', '--device', device], cwd=tmp_path,
+                       capture_output=True, text=True, env={'PYTHONPATH': str(root), 'PATH': '/usr/bin:/bin'})
+    assert p.returncode == 2 and f'--device {device}: ' in p.stderr and 'Traceback' not in p.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == ['copy']                         # refused before anything is written
