@@ -40,13 +40,14 @@ from .train import prepare_model, resolve_device, train, training_precision
 # %% auto #0
 __all__ = ['PRIORITY', 'BENCH_METHODS', 'SESSION_SCALES', 'AUTOATTACK_PASSES', 'SOUNDNESS_PASSES', 'ROBUST_SHARE',
            'AUTOATTACK_ITERATIONS', 'SOUNDNESS_ITERATIONS', 'INPUT_SHAPES', 'EVALUATION', 'PACKED', 'COMPILE_RESERVE_S',
-           'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'SESSION_IDENTITY', 'card_slug', 'card_info', 'priority_runs',
-           'eval_iterations', 'eval_passes', 'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark',
-           'grid_request', 'filed_differences', 'filed_folders', 'filed_record', 'folder_differences', 'committed_runs',
-           'cifar_problem', 'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds',
-           'split_sizes', 'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session',
-           'grid_filed', 'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place',
-           'collect', 'main']
+           'MAX_ARCHIVES', 'SUPERSEDED', 'FILED', 'SESSION_IDENTITY', 'EPOCH_GOAL_S', 'EPOCH_RATIO_GOAL', 'GOAL_CARDS',
+           'card_slug', 'card_info', 'benchmark_folder', 'priority_runs', 'eval_iterations', 'eval_passes',
+           'estimate_seconds', 'eval_pass_seconds', 'pack_run', 'run_benchmark', 'grid_request', 'filed_differences',
+           'filed_folders', 'filed_record', 'folder_differences', 'committed_runs', 'cifar_problem',
+           'earlier_session_files', 'trained_runs', 'benchmark_complete', 'decode_seconds', 'split_sizes',
+           'loaded_images', 'step_seconds', 'scaled_step', 'step_estimate', 'device_session', 'grid_filed',
+           'results_table', 'paired_comparison', 'claims_table', 'session_record', 'filing_place', 'collect',
+           'epoch_table', 'epoch_goals', 'benchmark_report', 'main']
 
 # %% ../nbs/12_device.ipynb #9987c10c
 PRIORITY = (('pgd_at', 0), ('adv_dpnp', 0), ('trades', 0), ('mart', 0), ('pgd_at', 1), ('adv_dpnp', 1), ('ce', 0), ('dpnp', 0))
@@ -63,6 +64,10 @@ def card_info(device) -> dict:
     info = machine_info(device)
     name = info.get('gpu') or f"cpu {info['cpu']}"
     return {**info, 'card': name, 'slug': card_slug(name), 'bf16_peak_tflops': bf16_peak_tflops(name) if device.type == 'cuda' else None}
+
+def benchmark_folder(figures, card: dict) -> Path:
+    "Where a card's benchmark is filed under `figures`: benchmark/cuda-<slug> for a GPU, benchmark/<slug> for a CPU."
+    return Path(figures) / 'benchmark' / (f"cuda-{card['slug']}" if 'gpu' in card else card['slug'])
 
 def priority_runs(grid) -> list:
     "The grid's main runs in `PRIORITY` order (those the grid has)."
@@ -299,8 +304,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     grid = build_grid(scale, runs_dir, data_dir, cifar_dir, device=str(device))
     card = card_info(device)
     results = Path(figures) / scale / card['slug']
-    bench_dir = f"cuda-{card['slug']}" if device.type == 'cuda' else card['slug']
-    committed, bench_file = committed_runs(results, grid), Path(figures) / 'benchmark' / bench_dir / 'benchmark.json'
+    committed, bench_file = committed_runs(results, grid), benchmark_folder(figures, card) / 'benchmark.json'
     superseded = sorted((committed_runs(results) & set(grid.runs)) - committed)   # committed under a run's name, of another recipe
     session = {'card': card, 'scale': scale, 'grid': grid.description, 'budget_s': budget_s,
                'started': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='microseconds'), 'runs': [],
@@ -314,7 +318,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
         bench = run_benchmark(grid, device, compile_mode, time_left=left, save=lambda b: write_json(out / 'benchmark.json', b))
     mode = compile_mode if bench and bench['use_compiled'] else 'off'
     compile_s = max((r['agreement'].get('seconds', 0.0) for r in (bench or {}).get('rows', []) if 'agreement' in r), default=0.0)
-    session.update(compile_mode=mode, benchmark_committed=bench_file.exists()); save()
+    session.update(compile_mode=mode, benchmark_committed=bench_file.exists(), compile_estimate_s=compile_s); save()
     eval_s, decode_s, pass_s, latency_s, done, factor, compiled_once = None, None, 0.0, 0.0, 0, 1.0, False
     queue, retried = list(priority_runs(grid)), set()
     while queue:
@@ -586,7 +590,10 @@ def filing_place(source, figures) -> tuple:
     session = session_record(source)
     results = Path(figures) / session['scale'] / session['card']['slug']
     record = results / 'sessions' / f"{_stamp(_session_time(session['started']))}.json"
-    if links := [str(p) for p in (results, record.parent, results / SUPERSEDED, record) if p.is_symlink()]:   # links are not followed
+    bench_folder = benchmark_folder(figures, session['card'])
+    places = (results, record.parent, results / SUPERSEDED, record, bench_folder.parent, bench_folder,
+              *(bench_folder / f for f in ('benchmark.json', 'benchmark.csv', 'benchmark.md')))
+    if links := [str(p) for p in places if p.is_symlink()]:   # links are not followed
         raise ValueError(f"{', '.join(links)}: a link where collect files (it would write through it): nothing filed")
     if record.exists():
         try: filed = read_json(record, 'filed session record')
@@ -598,7 +605,8 @@ def filing_place(source, figures) -> tuple:
     bench = source / 'benchmark.json'
     if bench.exists() or bench.is_symlink():
         rows = read_json(bench, 'benchmark').get('rows') if bench.is_file() else None
-        if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        if not (isinstance(rows, list) and all(isinstance(r, dict) and isinstance(r.get('method'), str) and isinstance(r.get('path'), str)
+                                               and _seconds(r.get('step_s')) for r in rows)):
             raise ValueError(f"{bench} holds no rows of step times: not a session's benchmark; nothing filed")
     return session, results, record
 
@@ -606,7 +614,7 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
     "File a device session's returned files (`source`) under `figures`: runs (`_file_archive`; a filed folder swapped out moves to `superseded/<the session that filed it>/`, one of another configuration only with `replace`), benchmark, session record, results table, paired comparison, claim 1; the archives filed in place of a folder (`replaced`), `kept` out and `refused`, with why."
     source, figures = Path(source), Path(figures)
     session, results, record = filing_place(source, figures)
-    card = session['card']
+    card, bench_folder = session['card'], benchmark_folder(figures, session['card'])
     # the grid the session ran, on the CIFAR-10 copy it used (a record without it: the copy this machine would use)
     grid = build_grid(session['scale'], results, cifar=session.get('cifar'))       # names and configurations only
     (results / 'sessions').mkdir(parents=True, exist_ok=True)
@@ -623,11 +631,10 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
     filed = {'results': str(results)}
     if (source / 'benchmark.json').exists():
         bench = read_json(source / 'benchmark.json', 'benchmark')
-        folder = figures / 'benchmark' / (f"cuda-{card['slug']}" if 'gpu' in card else card['slug'])
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / 'benchmark.json', bench)
-        pd.DataFrame([{k: v for k, v in r.items() if k != 'agreement'} for r in bench['rows']]).to_csv(folder / 'benchmark.csv', index=False)
-        filed['benchmark'] = str(folder)
+        bench_folder.mkdir(parents=True, exist_ok=True)
+        write_json(bench_folder / 'benchmark.json', bench)
+        pd.DataFrame([{k: v for k, v in r.items() if k != 'agreement'} for r in bench['rows']]).to_csv(bench_folder / 'benchmark.csv', index=False)
+        filed['benchmark'] = str(bench_folder)
     table, paired = results_table(results, grid), paired_comparison(results, grid=grid)
     title = f"{session['grid']}\n\nCard: {card['card']} (torch {card['torch']}). advdpnp's numbers at this scale, not the paper's."
     for stale in ([] if len(table) else ['results']) + ([] if len(paired) else ['paired']):   # an earlier collect's table no longer holds
@@ -639,6 +646,13 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
         paired.to_csv(results / 'paired.csv', index=False)
         (results / 'paired.md').write_text(f"# Adv-DPNP minus PGD-AT on the same points\n\n{title}\n\n"
                                            f"{paired.to_markdown(index=False, floatfmt='.1f')}\n")
+    if (bench_folder / 'benchmark.json').is_file():   # this session's benchmark or a committed one: beside the real epochs filed so far
+        try:
+            bench = read_json(bench_folder / 'benchmark.json', 'benchmark')
+            report = benchmark_report(bench, epoch_table(results, grid, bench), grid, card)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:   # a committed benchmark damaged since: said, the rest filed
+            warnings.warn(f"{bench_folder / 'benchmark.json'}: benchmark.md not written, the benchmark cannot be read ({type(e).__name__}: {e})")
+        else: (bench_folder / 'benchmark.md').write_text(report)
     claims = claims_table(results, grid)
     missing, planned, verdicts = claims['missing'], claims['planned'], claims['table']
     status = (f"**Interim**: {len(planned) - len(missing)} of the {len(planned)} planned runs filed (missing: {', '.join(missing)}); "
@@ -655,6 +669,81 @@ def collect(source, figures='paper_figures', replace: bool = False) -> dict:
         f"Claims 2-4 need the corruptions and features, which a device session does not measure."
         + (f"\n\nFiled but left out:{left_out}" if left_out else '') + f"\n\n{body}\n")
     return {**filed, 'runs': len(table), 'pairs': len(paired), 'claims': len(verdicts), **outcome}
+
+# %% ../nbs/12_device.ipynb #5ed29ecb
+EPOCH_GOAL_S, EPOCH_RATIO_GOAL, GOAL_CARDS = 12.0, 1.10, ('H100', 'H200')   # the issue's goals, set for these cards only
+
+def epoch_table(results_dir, grid, bench: dict | None = None) -> pd.DataFrame:
+    "One row per run of `grid` filed in `results_dir` (`grid_filed`): its path and precision, the seconds of its first epoch and the median of the later ones (`train()`'s history: the update and the epoch's clean test pass), steps per epoch, the benchmark's step time on that path x those steps where `bench` timed it, and the session that filed it; a run whose record cannot be read is left out with a warning."
+    rows = []
+    for run in grid_filed(results_dir, grid)[0]:
+        try:
+            m, cfg = read_json(run / RunFolder.METRICS, 'metrics'), read_json(run / RunFolder.CONFIG, 'config')
+            seconds = pd.read_csv(run / RunFolder.HISTORY)['seconds'].astype(float)
+            steps, mode = len(batch_indices(m['n_train'], cfg['batch_size'], drop_last=True)), m.get('compile_mode', 'off')
+        except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError) as e:
+            warnings.warn(f'{run}: left out of the epoch table, its record cannot be read ({type(e).__name__}: {e})'); continue
+        step, by = step_seconds(bench, m['method'], mode), _filed_by(run)
+        rows.append({'run': run.name, 'method': m['method'], 'seed': cfg['seed'], 'compile_mode': mode,
+                     'precision': m.get('precision', {}).get('dtype'), 'epochs': len(seconds), 'steps per epoch': steps,
+                     'first epoch (s)': seconds.iloc[0] if len(seconds) else None,
+                     'median later epoch (s)': seconds.iloc[1:].median() if len(seconds) > 1 else None,
+                     'benchmark step x steps (s)': None if step is None else step * steps,
+                     'session': by.isoformat() if by else None})
+    return pd.DataFrame(rows)
+
+def _verdict(value: float, goal: float, card: str) -> str:
+    return (('met' if value <= goal else 'not met') if any(c in card for c in GOAL_CARDS)
+            else f"not set for {card} (the goals are for {' and '.join(GOAL_CARDS)} cards)")
+
+def epoch_goals(epochs: pd.DataFrame, bench: dict | None, card: str, bound: float, steps: int | None = None) -> list:
+    "The issue's goals, one line each with its verdict: PGD-AT's epoch at most `EPOCH_GOAL_S` (per benchmark path, its step x `steps` per epoch; per filed run, its median later epoch), and Adv-DPNP's at most `EPOCH_RATIO_GOAL` x PGD-AT's (per benchmark path; per pair of filed runs of one seed and path, said whether one session timed both), beside the bound (k+2)/(k+1) = `bound`."
+    lines, ratio = [], lambda r: f"{r:.3f} (goal ≤ {EPOCH_RATIO_GOAL:.2f}, bound (k+2)/(k+1) = {bound:.3f}): {_verdict(r, EPOCH_RATIO_GOAL, card)}"
+    epoch = lambda s: f"{s:.1f} s (goal ≤ {EPOCH_GOAL_S:.0f} s): {_verdict(s, EPOCH_GOAL_S, card)}"
+    for path in dict.fromkeys(r['path'] for r in (bench or {}).get('rows', [])):
+        pgd, adv = (next((r['step_s'] for r in bench['rows'] if r['method'] == m and r['path'] == path), None) for m in BENCH_METHODS)
+        if pgd and steps: lines.append(f'PGD-AT epoch, benchmark, {path}: {steps} steps x {pgd:.4f} s = {epoch(pgd * steps)}')
+        if pgd and adv: lines.append(f'Adv-DPNP / PGD-AT step, benchmark, {path}: {ratio(adv / pgd)}')
+    for _, r in epochs.iterrows():
+        if r['method'] == 'pgd_at' and pd.notna(r['median later epoch (s)']):
+            s = r['median later epoch (s)']
+            lines.append(f"PGD-AT epoch, {r['run']} ({r['compile_mode']}): median later epoch {epoch(s)}")
+    if len(epochs):
+        for (seed, mode), pair in epochs[epochs['method'].isin(BENCH_METHODS)].groupby(['seed', 'compile_mode']):
+            by = pair.set_index('method')
+            if set(BENCH_METHODS) <= set(by.index) and by['median later epoch (s)'].notna().all():
+                sessions = 'one session' if by['session'].nunique(dropna=False) == 1 and by['session'].notna().all() else 'two sessions'
+                lines.append(f"Adv-DPNP / PGD-AT median later epoch, seed {seed}, {mode} ({sessions}): "
+                             + ratio(by.loc['adv_dpnp', 'median later epoch (s)'] / by.loc['pgd_at', 'median later epoch (s)']))
+    return lines
+
+def _check_text(check: dict | None) -> str:
+    "A compiled check in words: whether it agreed with eager, with the seconds it took (compiling included), or why it did not run."
+    if not check: return ''
+    if 'skipped' in check: return f"skipped: {check['skipped']}"
+    if 'error' in check: return f"failed: {check['error'][:200]}"
+    return ('agrees with eager' if check.get('agree') else 'disagrees with eager') + (f", {check['seconds']:.0f} s" if 'seconds' in check else '')
+
+def benchmark_report(bench: dict, epochs: pd.DataFrame, grid, card: dict | None = None) -> str:
+    "`benchmark.md`: the card, the benchmark's step per method and path (with the grid's epoch at that step, the share of the card's bf16 peak and the compiled check), the real epochs of the filed runs (`epoch_table`) and the goals (`epoch_goals`); `card`: the session's, where the benchmark names none."
+    card = bench.get('card') or card or {}
+    cfg = run_config(grid.runs[next(e['run'] for e in grid.entries if e['group'] == 'main' and e['method'] == 'pgd_at')])
+    steps = len(batch_indices(training_size(split_sizes(cfg)[0], cfg), cfg.batch_size, drop_last=True))
+    pct = lambda s: None if s is None else 100 * s
+    table = pd.DataFrame([{'method': r['method'], 'path': r['path'], 'precision': r.get('precision'), 'step (s)': r['step_s'],
+                           'images/s': r.get('img_per_s'), f'epoch, {steps} steps (s)': r['step_s'] * steps, 'TFLOP/s': r.get('tflops'),
+                           '% of bf16 peak': pct(r.get('share_of_bf16_peak')), 'compiled check': _check_text(r.get('agreement'))}
+                          for r in bench['rows']])
+    peak = card.get('bf16_peak_tflops')
+    real = (epochs.to_markdown(index=False, floatfmt='.2f') if len(epochs) else 'No run of the grid filed yet.')
+    goals = ''.join(f'\n- {g}' for g in epoch_goals(epochs, bench, card.get('card', ''), (cfg.attack_steps + 2) / (cfg.attack_steps + 1), steps))
+    return (f"# Benchmark: {card.get('card', 'a card not named')} (torch {card.get('torch', '?')})\n\n"
+            f"advdpnp's measurements on this card, not the paper's. Dense bf16 peak: "
+            f"{f'{peak:.0f} TFLOP/s' if peak else 'not known for this card'}. {grid.description}\n\n"
+            f"## Training step, eager and compiled ({bench.get('note', 'synthetic CIFAR-shaped batches')})\n\n"
+            f"{table.to_markdown(index=False, floatfmt='.4g')}\n\n"
+            f"## Real epochs of `train()` (the filed runs; an epoch's seconds include its clean test pass)\n\n{real}\n\n"
+            f"## Goals (a benchmark, not a test)\n{goals or chr(10) + '- none measurable yet'}\n")
 
 # %% ../nbs/12_device.ipynb #96d5de62
 def main(argv=None) -> int:
