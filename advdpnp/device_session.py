@@ -147,7 +147,7 @@ def _bench_summary(card: dict, mode: str, rows: list, steps: int, warmup: int) -
             'note': f"batch {rows[0]['batch']}, synthetic CIFAR-shaped data, {steps} timed steps after {warmup} warm-up steps"}
 
 def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, warmup: int = 3, time_left=None, save=None) -> dict:
-    "Eager against `mode` for `BENCH_METHODS` at the grid's configuration: step times, agreement, FLOPs, share of the bf16 peak; and whether the runs should use `mode`. `time_left`: a callable, seconds left (a method's compiled check is skipped with less than `COMPILE_RESERVE_S`, or twice the longest check so far); `save`: called with the result so far after each method."
+    "Eager against `mode` for `BENCH_METHODS` at the grid's configuration: step times, agreement, FLOPs, share of the bf16 peak; and whether the runs should use `mode`. `time_left`: a callable, seconds left (a method's compiled check is skipped with less than `COMPILE_RESERVE_S`, or twice the longest check so far); `save`: called with the result so far after each method; `mode` 'off': eager only."
     device, card, rows, longest = torch.device(device), card_info(device), [], 0.0
     for method in BENCH_METHODS:
         name = next(e['run'] for e in grid.entries if e['group'] == 'main' and e['method'] == method)
@@ -155,7 +155,8 @@ def run_benchmark(grid, device, mode: str = 'reduce-overhead', steps: int = 10, 
         data = synthetic_data(cfg.batch_size * (warmup + steps + 2))
         flops = step_flops(cfg, data, device)
         timings = {'eager': benchmark_step(cfg, data, 'fast', device, warmup=warmup, steps=steps)}
-        if time_left is not None and (left := time_left()) < max(COMPILE_RESERVE_S, 2 * longest):
+        if mode == 'off': check = {'agree': False, 'skipped': "not compiled (compile_mode 'off': the eager path only)"}
+        elif time_left is not None and (left := time_left()) < max(COMPILE_RESERVE_S, 2 * longest):
             check = {'agree': False, 'skipped': f'{max(left, 0):.0f} s left, less than {max(COMPILE_RESERVE_S, 2 * longest):.0f} s: not compiled'}
         else:
             t0 = time.monotonic()
@@ -246,11 +247,11 @@ def trained_runs(session: dict) -> set:
     done = lambda r: str(r.get('done', '')) if isinstance(r, dict) else ''
     return {r['run'] for r in session.get('runs', []) if done(r) in ('trained+evaluated', 'trained; evaluating') or done(r).startswith('failed in evaluation')}
 
-def benchmark_complete(bench: dict | None) -> bool:
-    "Whether a benchmark timed every `BENCH_METHODS` and no compiled check was skipped for time (a failed check is a finding, kept)."
+def benchmark_complete(bench: dict | None, mode: str = 'reduce-overhead') -> bool:
+    "Whether a benchmark serves a session of `compile_mode=mode`: it timed every `BENCH_METHODS` eagerly and, unless `mode` is 'off', no compiled check was skipped (for time, or in an eager-only benchmark); a failed check is a finding, kept."
     if not bench: return False
     rows = {r['method']: r for r in bench['rows'] if 'agreement' in r}
-    return all(m in rows and 'skipped' not in rows[m]['agreement'] for m in BENCH_METHODS)
+    return all(m in rows and (mode == 'off' or 'skipped' not in rows[m]['agreement']) for m in BENCH_METHODS)
 
 def decode_seconds(cfg, sample: int = 500) -> float:
     "Seconds per image to load `cfg`'s dataset, from a class-balanced `sample` of its test split (an image folder decodes JPEG files; torchvision's arrays cost almost nothing)."
@@ -314,7 +315,7 @@ def device_session(out, budget_s: float, scale: str = 'gpu', data_dir='data', ci
     if superseded: print(f"committed results of another configuration, redone: {', '.join(superseded)}", flush=True)
     save()
     bench = read_json(bench_file, 'committed benchmark') if bench_file.exists() else None
-    if benchmark and not benchmark_complete(bench):      # none committed, or a compiled check was skipped for time
+    if benchmark and not benchmark_complete(bench, compile_mode):   # none committed, or a compiled check was skipped
         bench = run_benchmark(grid, device, compile_mode, time_left=left, save=lambda b: write_json(out / 'benchmark.json', b))
     mode = compile_mode if bench and bench['use_compiled'] else 'off'
     compile_s = max((r['agreement'].get('seconds', 0.0) for r in (bench or {}).get('rows', []) if 'agreement' in r), default=0.0)
@@ -740,7 +741,7 @@ def benchmark_report(bench: dict, epochs: pd.DataFrame, grid, card: dict | None 
     return (f"# Benchmark: {card.get('card', 'a card not named')} (torch {card.get('torch', '?')})\n\n"
             f"advdpnp's measurements on this card, not the paper's. Dense bf16 peak: "
             f"{f'{peak:.0f} TFLOP/s' if peak else 'not known for this card'}. {grid.description}\n\n"
-            f"## Training step, eager and compiled ({bench.get('note', 'synthetic CIFAR-shaped batches')})\n\n"
+            f"## Training step, {'eager and compiled' if any(r['path'] != 'eager' for r in bench['rows']) else 'eager only'} ({bench.get('note', 'synthetic CIFAR-shaped batches')})\n\n"
             f"{table.to_markdown(index=False, floatfmt='.4g')}\n\n"
             f"## Real epochs of `train()` (the filed runs; an epoch's seconds include its clean test pass)\n\n{real}\n\n"
             f"## Goals (a benchmark, not a test)\n{goals or chr(10) + '- none measurable yet'}\n")
